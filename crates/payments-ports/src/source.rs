@@ -1,0 +1,119 @@
+//! The driving port: where deliveries come from ([`DeliverySource`]) and how the consumer settles
+//! each one ([`Receipt`]).
+//!
+//! A broker adapter (Redis Streams, NATS JetStream, RabbitMQ, a JSON-lines file) implements these
+//! two traits and nothing else; the consumer in `payments-app` decides what to do with each
+//! delivery. The shape follows what every at-least-once broker has in common: a message body, how
+//! many times it has been delivered, and a way to say "done" — or to say nothing, in which case it
+//! comes back.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::BoxError;
+
+/// One arrival of a message. The same message can arrive many times, at the same time, out of order.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message body, or what is known of it when it is over the size limit.
+    pub payload: Payload,
+    /// 1 for the first delivery of this message, 2 for its first redelivery, and so on; 1 when
+    /// the source cannot tell.
+    pub attempt: u32,
+    /// How to settle it.
+    pub receipt: Box<dyn Receipt>,
+}
+
+/// A message body.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Payload {
+    /// The whole body.
+    Complete(Bytes),
+    /// The body is longer than the source's limit and was not read whole into memory: only its
+    /// first bytes are kept, for the dead letter.
+    TooLarge {
+        /// The length of the whole body in bytes.
+        len: u64,
+        /// The limit it broke, in bytes.
+        limit: usize,
+        /// Its first bytes (at most a few KiB).
+        head: Bytes,
+    },
+}
+
+/// How the consumer settles one delivery.
+///
+/// Dropping a receipt without calling [`ack`](Receipt::ack) leaves the message unacknowledged:
+/// the source delivers it again later (after a visibility timeout, a restart, a reconnect).
+/// That is always safe, because handling is idempotent.
+pub trait Receipt: Send + Sync + fmt::Debug {
+    /// Where the message came from, for dead letters and logs: `line 17`, a stream entry ID.
+    fn origin(&self) -> String;
+
+    /// Tells the source the message is done; call it only once the effect (or the dead letter) is
+    /// durable.
+    ///
+    /// It may only enqueue the acknowledgement and send it later, in batches: an acknowledgement
+    /// that is lost makes the source redeliver the message, and the handler answers that with a
+    /// duplicate. So a failure here is logged by the adapter, not returned.
+    fn ack(self: Box<Self>);
+}
+
+/// Where deliveries come from.
+///
+/// `next` is awaited from one task at a time, and the consumer never cancels it half-way: an
+/// adapter may keep partial reads in `self` without worrying about cancel safety.
+#[async_trait]
+pub trait DeliverySource: Send {
+    /// The next delivery; `None` when the source is exhausted (the end of a file). A broker
+    /// waits for the next message instead.
+    ///
+    /// # Errors
+    ///
+    /// [`SourceError::Unavailable`] when the broker cannot be reached now (the consumer waits and
+    /// asks again), [`SourceError::Failed`] when reading cannot go on (the consumer stops).
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
+}
+
+/// Why a source could not produce the next delivery.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SourceError {
+    /// The broker cannot be reached now; asking again later may work.
+    #[error("message source unavailable: {message}")]
+    Unavailable {
+        /// What failed.
+        message: String,
+        /// The adapter's own error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// Reading cannot go on (an unreadable file, a deleted stream).
+    #[error("message source failed: {message}")]
+    Failed {
+        /// What failed.
+        message: String,
+        /// The adapter's own error, if any.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl SourceError {
+    /// A [`Failed`](Self::Failed) error caused by `source`.
+    pub fn failed_because(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Failed { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// An [`Unavailable`](Self::Unavailable) error caused by `source`.
+    pub fn unavailable_because(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Unavailable { message: message.into(), source: Some(source.into()) }
+    }
+
+    /// Whether asking again later may work.
+    pub const fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Unavailable { .. })
+    }
+}
