@@ -1,0 +1,4 @@
+//! End-to-end tests of the `payments-app` binary: what users and scripts see.
+
+mod cli;
+mod support;
