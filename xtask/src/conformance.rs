@@ -1,0 +1,159 @@
+//! The conformance matrix: which adapter passed, failed and skipped which case of the suite.
+//!
+//! Each adapter's `tests/conformance.rs` appends one JSON line per case to a report directory
+//! named by [`REPORT_ENV`]; this module runs those tests and reads the lines back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+use crate::metadata::{Member, Workspace};
+use crate::shell;
+
+/// The environment variable that tells a conformance test binary where to write its report.
+pub(crate) const REPORT_ENV: &str = "PAYMENTS_CONFORMANCE_REPORT_DIR";
+
+/// The name of the test target every adapter crate must have.
+const TEST_TARGET: &str = "conformance";
+
+/// A fresh directory for reports, removed when dropped.
+pub(crate) struct ReportDir(PathBuf);
+
+impl ReportDir {
+    pub(crate) fn new() -> anyhow::Result<Self> {
+        let dir =
+            shell::root().join("target").join("xtask").join(format!("conformance-{}", std::process::id()));
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).with_context(|| format!("cannot clear {}", dir.display()))?;
+        }
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ReportDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `cargo xtask conformance [--adapter NAME]`.
+pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
+    let workspace = Workspace::load()?;
+    let adapters = selected(&workspace, only)?;
+    let reports = ReportDir::new()?;
+    let mut failed = Vec::new();
+    for adapter in &adapters {
+        let step = shell::step(
+            &format!("conformance suite: {}", adapter.name),
+            shell::cargo(&["test", "-p", &adapter.name, "--test", TEST_TARGET])
+                .env(REPORT_ENV, reports.path()),
+        );
+        if step.is_err() {
+            failed.push(adapter.name.clone());
+        }
+    }
+    print_matrix(&workspace, &reports, only)?;
+    if !failed.is_empty() {
+        bail!("the conformance suite failed for {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// The adapters to run: all of them, or the one named (`memory` or `payments-adapter-memory`).
+fn selected<'w>(workspace: &'w Workspace, only: Option<&str>) -> anyhow::Result<Vec<&'w Member>> {
+    let adapters: Vec<&Member> = workspace
+        .adapters()
+        .filter(|a| only.is_none_or(|name| a.name == name || short_name(&a.name) == name))
+        .collect();
+    if adapters.is_empty() {
+        let known: Vec<&str> = workspace.adapters().map(|a| short_name(&a.name)).collect();
+        bail!("no adapter named {:?}; the adapters are: {}", only.unwrap_or(""), known.join(", "));
+    }
+    for adapter in &adapters {
+        if !adapter.tests.iter().any(|t| t == TEST_TARGET) {
+            bail!(
+                "{} has no `{TEST_TARGET}` test: add tests/{TEST_TARGET}.rs with `harness = false` (see docs/adding-an-adapter.md)",
+                adapter.name
+            );
+        }
+    }
+    Ok(adapters)
+}
+
+fn short_name(crate_name: &str) -> &str {
+    crate_name.strip_prefix("payments-adapter-").unwrap_or(crate_name)
+}
+
+#[derive(Default)]
+struct Row {
+    passed: Vec<String>,
+    failed: Vec<(String, String)>,
+    skipped: Vec<(String, String)>,
+}
+
+/// Prints one line per adapter with passed / failed / skipped counts, then every skipped and failed
+/// case by name. Fails when a case failed, or when an adapter reported nothing.
+pub(crate) fn print_matrix(
+    workspace: &Workspace,
+    reports: &ReportDir,
+    only: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    for entry in std::fs::read_dir(reports.path()).context("cannot read the conformance reports")? {
+        let path = entry?.path();
+        let text =
+            std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        for line in text.lines() {
+            let value: Value = serde_json::from_str(line)
+                .with_context(|| format!("a broken line in {}: {line}", path.display()))?;
+            let field = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+            let row = rows.entry(field("adapter")).or_default();
+            match value["outcome"].as_str() {
+                Some("passed") => row.passed.push(field("case")),
+                Some("failed") => row.failed.push((field("case"), field("detail"))),
+                Some("skipped") => row.skipped.push((field("case"), field("detail"))),
+                other => bail!("unknown outcome {other:?} in {}", path.display()),
+            }
+        }
+    }
+
+    shell::section("conformance matrix");
+    eprintln!("{:<12} {:>7} {:>7} {:>8}", "adapter", "passed", "failed", "skipped");
+    let mut problems = Vec::new();
+    for adapter in selected(workspace, only)? {
+        let name = short_name(&adapter.name);
+        match rows.get(name) {
+            Some(row) => eprintln!(
+                "{name:<12} {:>7} {:>7} {:>8}",
+                row.passed.len(),
+                row.failed.len(),
+                row.skipped.len()
+            ),
+            None => {
+                eprintln!("{name:<12} {:>7} {:>7} {:>8}", "-", "-", "-");
+                problems.push(format!(
+                    "{} reported no conformance cases: does tests/{TEST_TARGET}.rs call payments_conformance::main?",
+                    adapter.name
+                ));
+            }
+        }
+    }
+    for (adapter, row) in &rows {
+        for (case, why) in &row.skipped {
+            eprintln!("  SKIPPED {adapter}::{case}: {why}");
+        }
+        for (case, detail) in &row.failed {
+            let first_line = detail.lines().next().unwrap_or_default();
+            eprintln!("  FAILED  {adapter}::{case}: {first_line}");
+            problems.push(format!("{adapter}::{case} failed"));
+        }
+    }
+    if problems.is_empty() { Ok(()) } else { bail!("conformance: {}", problems.join("; ")) }
+}
