@@ -273,7 +273,8 @@ async fn an_identical_save_after_a_conflict_is_still_a_duplicate(f: &Fixture) {
 async fn concurrent_saves_of_the_same_payment_produce_exactly_one_new(f: &Fixture) {
     let store = f.open().await;
     // Several rounds, each with a fresh ID, so that a race that needs luck gets many chances.
-    for round in 0..8 {
+    const ROUNDS: u64 = 16;
+    for round in 0..ROUNDS {
         let p = payment(&format!("pay-race-{round}"), 500, "EUR");
         let outcomes = save_concurrently(&store, 64, |_| vec![p.clone()]).await;
         let new = outcomes.iter().filter(|(_, o)| o.is_new()).count();
@@ -287,18 +288,20 @@ async fn concurrent_saves_of_the_same_payment_produce_exactly_one_new(f: &Fixtur
             "the other 63 concurrent saves of {p} must report duplicate (round {round})"
         );
     }
-    assert_eq!(count(store.as_ref()).await, 8, "each raced payment must be recorded once");
+    assert_eq!(count(store.as_ref()).await, ROUNDS, "each raced payment must be recorded once");
 }
 
 async fn concurrent_saves_of_overlapping_payments_record_each_exactly_once(f: &Fixture) {
     let store = f.open().await;
     const PAYMENTS: usize = 1000;
     const TASKS: usize = 64;
-    // Task t saves a window of 100 payments starting at t * 16, wrapping: every payment is saved
-    // by six or seven tasks, in different orders.
+    // Eight groups of eight tasks. The tasks of a group save the same window of 250 payments in the
+    // same order, in lockstep, so they keep arriving at the same ID at the same moment; the windows
+    // of the groups overlap, and odd groups walk theirs backwards. Every payment is saved 16 times.
     let outcomes = save_concurrently(&store, TASKS, |task| {
-        let mut window: Vec<Payment> = (0..100).map(|k| numbered((task * 16 + k) % PAYMENTS)).collect();
-        if task % 2 == 1 {
+        let group = task % 8;
+        let mut window: Vec<Payment> = (0..250).map(|k| numbered((group * 125 + k) % PAYMENTS)).collect();
+        if !group.is_multiple_of(2) {
             window.reverse();
         }
         window

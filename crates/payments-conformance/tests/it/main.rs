@@ -160,14 +160,10 @@ fn a_correct_adapter_passes_every_case() {
 
 #[test]
 fn catches_the_check_then_insert_race() {
-    assert_caught(
-        Bug::CheckThenInsert,
-        &[
-            "concurrent_saves_of_the_same_payment_produce_exactly_one_new",
-            "concurrent_saves_of_overlapping_payments_record_each_exactly_once",
-            "concurrent_conflicting_saves_keep_exactly_one_version",
-        ],
-    );
+    // The dedicated case races 64 saves of one payment, round after round, and catches the race
+    // every time. The other concurrency cases catch it too, most of the time: a race needs luck,
+    // so they are not asserted here, but their failures show up in the matrix when they do.
+    assert_caught(Bug::CheckThenInsert, &["concurrent_saves_of_the_same_payment_produce_exactly_one_new"]);
 }
 
 #[test]
