@@ -22,12 +22,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use payments_app::consumer::{Consumer, ConsumerConfig, Ending, RetryPolicy, Run, Shutdown, Summary, chain};
 use payments_app::handler::Handler;
 use payments_app::source::lines::{DEFAULT_MAX_LINE, LinesSource};
-use payments_app::store::{self, StoreSpec};
+use payments_app::store::{self, DEFAULT_STORE, StoreSpec};
 use payments_ports::RepositoryError;
 use payments_ports::domain::event;
-
-/// The store used when `--store` is omitted.
-const DEFAULT_STORE: &str = "memory";
 
 #[derive(Parser, Debug)]
 #[command(

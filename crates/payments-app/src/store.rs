@@ -8,10 +8,14 @@ use std::str::FromStr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use payments_adapter_file::FilePaymentsRepository;
 use payments_adapter_memory::MemoryPaymentsRepository;
 use payments_ports::{DeadLetterSink, PaymentsRepository};
 
 use crate::dead_letter::{FileDeadLetters, StderrDeadLetters};
+
+/// The store used when `--store` is omitted: the durable journal, embedded, no server to run.
+pub const DEFAULT_STORE: &str = "file:./data/payments.journal";
 
 /// A store named on the command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,9 +76,16 @@ fn redact_password(url: &str) -> String {
 pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn PaymentsRepository>> {
     match spec {
         StoreSpec::Memory => Ok(Arc::new(MemoryPaymentsRepository::new())),
-        StoreSpec::File(_) | StoreSpec::Postgres(_) => {
-            anyhow::bail!("store {spec} is not available in this build yet")
+        StoreSpec::File(path) => {
+            let path = path.clone();
+            let store = tokio::task::spawn_blocking(move || FilePaymentsRepository::open(path))
+                .await
+                .context("the task opening the journal failed")??;
+            let recovery = store.recovery();
+            tracing::info!(journal = %store.path().display(), payments = recovery.payments, "journal opened");
+            Ok(Arc::new(store))
         }
+        StoreSpec::Postgres(_) => anyhow::bail!("store {spec} is not available in this build yet"),
     }
 }
 

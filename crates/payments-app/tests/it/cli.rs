@@ -74,5 +74,6 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
         "--retry-limit-secs -1 is not a duration",
     );
     check(&["consume", "--report", "xml"], "invalid value 'xml'");
+    check(&["export", "--store", "file:"], "`file:` needs a path");
     check(&["frobnicate"], "unrecognized subcommand");
 }

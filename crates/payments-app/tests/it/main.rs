@@ -1,4 +1,5 @@
 //! End-to-end tests of the `payments-app` binary: what users and scripts see.
 
 mod cli;
+mod file_store;
 mod support;

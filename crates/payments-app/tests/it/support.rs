@@ -9,11 +9,21 @@ pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
-/// A `payments-app` command with logging quiet unless the test's environment asks otherwise.
+/// A `payments-app` command run from the workspace root.
 pub(crate) fn app(args: &[&str]) -> Command {
+    app_in(&root(), args)
+}
+
+/// A `payments-app` command run from `dir`, where its default store goes.
+pub(crate) fn app_in(dir: &Path, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_payments-app"));
-    command.args(args).current_dir(root());
+    command.args(args).current_dir(dir);
     command
+}
+
+/// The example input's absolute path.
+pub(crate) fn example() -> String {
+    root().join("examples/payments.jsonl").display().to_string()
 }
 
 /// Runs `command` with `stdin` as its input and waits for it.

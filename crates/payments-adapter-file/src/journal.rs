@@ -1,0 +1,266 @@
+//! Opening a journal: lock it, create it if absent, read it back into an index, and cut off a torn
+//! tail — or refuse, naming the offset, when the damage is not at the tail.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::OpenError;
+use crate::format::{self, BadHeader, HEADER_LEN, MAX_RECORD, Parsed};
+use crate::index::Index;
+
+/// How much of the journal is read at a time while recovering.
+const READ_CHUNK: usize = 1 << 20;
+
+/// How often the lock is tried, 10 ms apart, before the journal counts as locked.
+const LOCK_ATTEMPTS: u32 = 20;
+
+/// The shortest record, for sizing the index from the file's length.
+const MIN_RECORD: u64 = 20;
+
+/// An open, locked, recovered journal.
+#[derive(Debug)]
+pub(crate) struct Opened {
+    /// The journal, positioned for appending.
+    pub(crate) file: File,
+    /// Held for as long as the journal is open: the exclusive lock.
+    pub(crate) lock: File,
+    /// Every payment the journal holds.
+    pub(crate) index: Index,
+    /// Bytes of torn tail that were cut off.
+    pub(crate) dropped_bytes: u64,
+}
+
+/// `<journal>.lock`, `<journal>.tmp`: files that live beside the journal.
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> OpenError + 'p {
+    move |source| OpenError::Io { action, path: path.to_owned(), source }
+}
+
+fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+    #[cfg(unix)]
+    options.mode(0o600);
+    options
+}
+
+/// Locks, creates if needed, and recovers the journal at `path`.
+pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(io_error("create the directory of", path))?;
+    }
+    let lock = take_lock(path)?;
+    let created = match std::fs::metadata(path) {
+        Ok(_) => false,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => {
+            create(path)?;
+            true
+        }
+        Err(err) => return Err(io_error("inspect", path)(err)),
+    };
+    let mut file = OpenOptions::new().read(true).append(true).open(path).map_err(io_error("open", path))?;
+    let len = file.metadata().map_err(io_error("inspect", path))?.len();
+
+    let mut header = [0u8; HEADER_LEN];
+    let header_len = read_up_to(&mut file, &mut header).map_err(io_error("read", path))?;
+    format::check_header(&header[..header_len]).map_err(|bad| match bad {
+        BadHeader::NotAJournal(detail) => OpenError::NotAJournal { path: path.to_owned(), detail },
+        BadHeader::UnknownVersion(version) => OpenError::UnknownVersion { path: path.to_owned(), version },
+    })?;
+
+    let (index, end) = scan(&mut file, len, path)?;
+    let dropped_bytes = len - end;
+    if dropped_bytes > 0 {
+        // A torn tail: a write that a crash cut short, never acknowledged. Cut it off and make
+        // the cut durable before anything is appended after it.
+        tracing::warn!(
+            journal = %path.display(),
+            dropped_bytes,
+            offset = end,
+            "the journal ended in a torn record; cut off {dropped_bytes} bytes at offset {end}"
+        );
+        file.set_len(end).map_err(io_error("truncate the torn tail of", path))?;
+        file.sync_all().map_err(io_error("sync", path))?;
+    }
+    file.seek(SeekFrom::End(0)).map_err(io_error("seek in", path))?;
+    if created {
+        tracing::info!(journal = %path.display(), "created a new journal");
+    }
+    Ok(Opened { file, lock, index, dropped_bytes })
+}
+
+/// Takes the exclusive lock on `<journal>.lock`, held until the returned file is closed.
+///
+/// Tries for a short while before giving up: a process that starts a child process holds a copy
+/// of every open file between its fork and the child's exec, so a lock released just then is
+/// briefly still held. Another process that really has the journal open holds it for longer.
+fn take_lock(path: &Path) -> Result<File, OpenError> {
+    let lock_path = beside(path, ".lock");
+    let lock = owner_only(OpenOptions::new().create(true).truncate(false).read(true).write(true))
+        .open(&lock_path)
+        .map_err(io_error("open the lock file of", path))?;
+    let mut attempt = 1;
+    loop {
+        match lock.try_lock() {
+            Ok(()) => return Ok(lock),
+            Err(std::fs::TryLockError::WouldBlock) if attempt < LOCK_ATTEMPTS => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                attempt += 1;
+            }
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::Locked { path: path.to_owned() });
+            }
+            Err(std::fs::TryLockError::Error(err)) => return Err(io_error("lock", path)(err)),
+        }
+    }
+}
+
+/// Creates an empty journal atomically: header into a temporary file, synced, renamed into place,
+/// and the directory synced, so that a crash leaves either no journal or a valid empty one.
+fn create(path: &Path) -> Result<(), OpenError> {
+    let temporary = beside(path, ".tmp");
+    let mut file = owner_only(OpenOptions::new().create(true).write(true).truncate(true))
+        .open(&temporary)
+        .map_err(io_error("create", &temporary))?;
+    file.write_all(&format::header()).map_err(io_error("write the header of", &temporary))?;
+    file.sync_all().map_err(io_error("sync", &temporary))?;
+    drop(file);
+    std::fs::rename(&temporary, path).map_err(io_error("move the new journal into place at", path))?;
+    sync_directory(path).map_err(io_error("sync the directory of", path))
+}
+
+/// Makes a file's creation or renaming durable.
+fn sync_directory(path: &Path) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    File::open(dir)?.sync_all()
+}
+
+fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..])? {
+            0 => break,
+            n => filled += n,
+        }
+    }
+    Ok(filled)
+}
+
+/// Reads records after the header; returns the index and the offset where the good records end.
+fn scan(file: &mut File, len: u64, path: &Path) -> Result<(Index, u64), OpenError> {
+    let estimate = usize::try_from((len - HEADER_LEN as u64) / MIN_RECORD).unwrap_or(usize::MAX);
+    let mut reader = Chunks::new(file, HEADER_LEN as u64, len);
+    // Sized for the shortest records; trimmed below once the real count is known.
+    let mut index = Index::with_capacity(estimate, estimate.saturating_mul(8));
+    let corrupt = |offset, detail| OpenError::Corrupt { path: path.to_owned(), offset, detail };
+    loop {
+        let bytes = reader.at_least(MAX_RECORD).map_err(io_error("read", path))?;
+        if bytes.is_empty() {
+            index.shrink_to_fit();
+            return Ok((index, reader.offset()));
+        }
+        match format::parse(bytes) {
+            Parsed::Payment(payment, len) => {
+                if index.find(&payment.id).is_some() {
+                    return Err(corrupt(
+                        reader.offset(),
+                        format!("payment {} is recorded a second time", payment.id),
+                    ));
+                }
+                index.push(&payment);
+                reader.advance(len);
+            }
+            Parsed::Invalid(reason) => {
+                return Err(corrupt(
+                    reader.offset(),
+                    format!("a record with a valid checksum is not a payment: {reason}"),
+                ));
+            }
+            damaged => {
+                let why = match damaged {
+                    Parsed::Damaged(why) => why,
+                    _ => "the record is cut short",
+                };
+                let bad = reader.offset();
+                if let Some(next) = next_record(&mut reader).map_err(io_error("read", path))? {
+                    return Err(corrupt(
+                        bad,
+                        format!(
+                            "{why}, and a valid record follows at offset {next}; a damaged record before good ones \
+                             is not a torn write, so it is not cut off (that could drop acknowledged payments)"
+                        ),
+                    ));
+                }
+                index.shrink_to_fit();
+                return Ok((index, bad));
+            }
+        }
+    }
+}
+
+/// The offset of the first record after the current one that has a valid checksum, if any.
+fn next_record(reader: &mut Chunks<'_>) -> io::Result<Option<u64>> {
+    loop {
+        reader.advance(1);
+        let bytes = reader.at_least(MAX_RECORD)?;
+        if bytes.is_empty() {
+            return Ok(None);
+        }
+        if let Parsed::Payment(..) | Parsed::Invalid(_) = format::parse(bytes) {
+            return Ok(Some(reader.offset()));
+        }
+    }
+}
+
+/// Reads a file forward in large chunks, keeping what is not consumed yet.
+struct Chunks<'f> {
+    file: &'f mut File,
+    /// Bytes of the file not read yet, to size reads of a small file small.
+    unread: u64,
+    buffer: Vec<u8>,
+    start: usize,
+    /// The file offset of `buffer[0]`.
+    base: u64,
+    eof: bool,
+}
+
+impl<'f> Chunks<'f> {
+    fn new(file: &'f mut File, base: u64, len: u64) -> Self {
+        Self { file, unread: len.saturating_sub(base), buffer: Vec::new(), start: 0, base, eof: false }
+    }
+
+    /// The unconsumed bytes, at least `want` of them unless the file ends first.
+    fn at_least(&mut self, want: usize) -> io::Result<&[u8]> {
+        while self.buffer.len() - self.start < want && !self.eof {
+            self.buffer.drain(..self.start);
+            self.base += self.start as u64;
+            self.start = 0;
+            let filled = self.buffer.len();
+            // At least one byte, so that a file that grew since it was measured still ends in EOF.
+            let chunk = usize::try_from(self.unread).unwrap_or(READ_CHUNK).clamp(1, READ_CHUNK);
+            self.buffer.resize(filled + chunk, 0);
+            let read = self.file.read(&mut self.buffer[filled..])?;
+            self.buffer.truncate(filled + read);
+            self.unread = self.unread.saturating_sub(read as u64);
+            self.eof = read == 0;
+        }
+        Ok(&self.buffer[self.start..])
+    }
+
+    fn advance(&mut self, len: usize) {
+        self.start += len;
+    }
+
+    fn offset(&self) -> u64 {
+        self.base + self.start as u64
+    }
+}

@@ -1,0 +1,383 @@
+//! A durable [`PaymentsRepository`] over an append-only journal file: the embedded default store.
+//!
+//! - **Durable before new.** A save reports [`SaveOutcome::New`] only after its record was written
+//!   and `fdatasync`ed. A restart reads the journal back, so a redelivered payment is a duplicate,
+//!   not applied again.
+//! - **Group commit.** One writer thread owns the file. Saves that arrive while it syncs queue up
+//!   and share the next write and `fdatasync`, so concurrent savers get far more than one sync each.
+//! - **Duplicates from memory.** An in-memory index (about 30 bytes per payment beyond its ID)
+//!   answers duplicates and conflicts without any disk I/O.
+//! - **Poisoned on failure.** A failed write or sync is never retried as if nothing happened (the
+//!   kernel may already have dropped the data): that save and every later one fail, and nothing
+//!   is reported new until the journal is opened again and read back from disk.
+//! - **Crash recovery.** A torn tail (a record cut short by a crash) is cut off with a warning; a
+//!   damaged record followed by good ones is corruption, and opening fails with the byte offset.
+//! - **One writer.** `<journal>.lock` is locked exclusively while the journal is open.
+//!
+//! The format is described in `format.rs` and docs/adr/0001-journal-format.md.
+
+mod format;
+mod index;
+mod io;
+mod journal;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+
+use async_trait::async_trait;
+use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
+use payments_ports::{PaymentsRepository, RepositoryError};
+use tokio::sync::watch;
+
+use crate::index::Index;
+use crate::io::JournalIo;
+
+/// Why a journal could not be opened.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// Another process (or another store in this one) has the journal open.
+    #[error("journal {} is locked by another process", path.display())]
+    Locked {
+        /// The journal.
+        path: PathBuf,
+    },
+    /// The file exists but is not a payments journal.
+    #[error("{} is not a payments journal: {detail}", path.display())]
+    NotAJournal {
+        /// The file.
+        path: PathBuf,
+        /// What gave it away.
+        detail: String,
+    },
+    /// A journal of a format version this build does not read.
+    #[error("journal {} has format version {version}; this build reads version {} only", path.display(), format::VERSION)]
+    UnknownVersion {
+        /// The journal.
+        path: PathBuf,
+        /// Its version.
+        version: u16,
+    },
+    /// Damage that is not a torn tail: opening it could lose acknowledged payments.
+    #[error("journal {} is corrupt at byte offset {offset}: {detail}", path.display())]
+    Corrupt {
+        /// The journal.
+        path: PathBuf,
+        /// Where the damaged record starts.
+        offset: u64,
+        /// What is wrong there.
+        detail: String,
+    },
+    /// The file system refused.
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// To which file.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What opening found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Recovery {
+    /// Payments read back from the journal.
+    pub payments: u64,
+    /// Bytes of a torn tail cut off (0 after a clean shutdown).
+    pub dropped_bytes: u64,
+}
+
+/// How much memory the index uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Payments indexed.
+    pub payments: u64,
+    /// Bytes allocated by the index, IDs included.
+    pub allocated_bytes: u64,
+    /// Bytes of the IDs themselves.
+    pub id_bytes: u64,
+}
+
+impl MemoryUsage {
+    /// Bytes per payment beyond the ID itself.
+    pub fn bytes_per_payment_beyond_id(&self) -> f64 {
+        if self.payments == 0 {
+            return 0.0;
+        }
+        (self.allocated_bytes - self.id_bytes) as f64 / self.payments as f64
+    }
+}
+
+/// A journal-backed [`PaymentsRepository`]. Dropping it flushes what is queued, stops the writer
+/// and releases the lock.
+pub struct FilePaymentsRepository {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+    recovery: Recovery,
+    // Held for the lock's sake; released when the store is dropped.
+    _lock: File,
+}
+
+impl std::fmt::Debug for FilePaymentsRepository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FilePaymentsRepository").field("path", &self.shared.path).finish_non_exhaustive()
+    }
+}
+
+/// What saves and the writer share.
+struct Shared {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the writer when a record is queued, or on close.
+    queued: Condvar,
+    /// Published by the writer after every sync (or failure), awaited by saves.
+    commits: watch::Sender<Commit>,
+}
+
+struct State {
+    index: Index,
+    /// Entries `0..durable` of the index are synced to disk; the rest are queued or being written.
+    durable: usize,
+    /// Encoded records of the entries queued since the writer last took a batch.
+    queue: Vec<u8>,
+    /// Why the journal is poisoned, once a write or sync failed.
+    poisoned: Option<Arc<str>>,
+    closing: bool,
+    /// Durable positions sorted by ID, for `list`; rebuilt when `durable` moved on.
+    sorted: Option<(usize, Arc<[u32]>)>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Commit {
+    durable: usize,
+    poisoned: bool,
+}
+
+impl FilePaymentsRepository {
+    /// Opens the journal at `path`, creating it (and its directory) if absent, and reads it back.
+    ///
+    /// This blocks on file I/O: from async code, call it through `tokio::task::spawn_blocking`.
+    ///
+    /// # Errors
+    ///
+    /// [`OpenError`]: locked by another process, not a journal, an unknown version, corrupt (with
+    /// the offset), or an I/O failure.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenError> {
+        Self::open_with(path.as_ref(), |file| Box::new(file))
+    }
+
+    fn open_with(path: &Path, io: impl FnOnce(File) -> Box<dyn JournalIo>) -> Result<Self, OpenError> {
+        let journal::Opened { file, lock, index, dropped_bytes } = journal::open(path)?;
+        let recovery = Recovery { payments: index.len() as u64, dropped_bytes };
+        let durable = index.len();
+        let (commits, _) = watch::channel(Commit { durable, poisoned: false });
+        let shared = Arc::new(Shared {
+            path: path.to_owned(),
+            state: Mutex::new(State {
+                index,
+                durable,
+                queue: Vec::new(),
+                poisoned: None,
+                closing: false,
+                sorted: None,
+            }),
+            queued: Condvar::new(),
+            commits,
+        });
+        let writer = {
+            let (shared, io) = (Arc::clone(&shared), io(file));
+            std::thread::Builder::new()
+                .name("journal-writer".to_owned())
+                .spawn(move || write_batches(&shared, io))
+                .map_err(|source| OpenError::Io {
+                    action: "start the writer thread of",
+                    path: path.to_owned(),
+                    source,
+                })?
+        };
+        Ok(Self { shared, writer: Some(writer), recovery, _lock: lock })
+    }
+
+    /// The journal's path.
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// What opening found: how many payments, and how many bytes of torn tail were cut off.
+    pub fn recovery(&self) -> Recovery {
+        self.recovery
+    }
+
+    /// How much memory the index uses now.
+    pub fn memory(&self) -> MemoryUsage {
+        let state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (allocated, ids) = state.index.memory();
+        MemoryUsage {
+            payments: state.index.len() as u64,
+            allocated_bytes: allocated as u64,
+            id_bytes: ids as u64,
+        }
+    }
+
+    /// The state, unless the journal is poisoned (or a panic left the lock poisoned, which is
+    /// treated the same way: the state may be half-updated, so nothing more is trusted).
+    fn state(&self) -> Result<MutexGuard<'_, State>, RepositoryError> {
+        let state = self.shared.state.lock().map_err(|_| {
+            RepositoryError::failed(format!(
+                "journal {}: a panic interrupted an update; reopen the journal",
+                self.shared.path.display()
+            ))
+        })?;
+        match &state.poisoned {
+            None => Ok(state),
+            Some(reason) => Err(self.poisoned(reason)),
+        }
+    }
+
+    fn poisoned(&self, reason: &str) -> RepositoryError {
+        RepositoryError::failed(format!(
+            "journal {} is poisoned: {reason}; nothing after it was reported new. Reopen the journal to \
+             continue from what is on disk",
+            self.shared.path.display()
+        ))
+    }
+}
+
+impl Drop for FilePaymentsRepository {
+    fn drop(&mut self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.closing = true;
+        }
+        self.shared.queued.notify_one();
+        if let Some(writer) = self.writer.take() {
+            // The writer flushes what is queued, then exits; the file closes with it.
+            let _ = writer.join();
+        }
+    }
+}
+
+#[async_trait]
+impl PaymentsRepository for FilePaymentsRepository {
+    async fn save(&self, payment: &Payment) -> Result<SaveOutcome, RepositoryError> {
+        let (outcome, position) = {
+            let mut state = self.state()?;
+            match state.index.find(&payment.id) {
+                Some(position) => {
+                    let outcome = if state.index.same_value(position, payment) {
+                        SaveOutcome::Duplicate
+                    } else {
+                        decide(Some(&state.index.payment(position)), payment)
+                    };
+                    if position < state.durable {
+                        // Answered from memory: the stored payment is already on disk.
+                        return Ok(outcome);
+                    }
+                    // Stored, but not synced yet: the answer holds only once it is.
+                    (outcome, position)
+                }
+                None => {
+                    let position = state.index.push(payment);
+                    format::encode(payment, &mut state.queue);
+                    self.shared.queued.notify_one();
+                    (SaveOutcome::New, position)
+                }
+            }
+        };
+        let mut commits = self.shared.commits.subscribe();
+        let commit = *commits
+            .wait_for(|commit| commit.durable > position || commit.poisoned)
+            .await
+            .map_err(|_| RepositoryError::failed("the journal writer is gone"))?;
+        if commit.durable > position {
+            Ok(outcome)
+        } else {
+            // Poisoned before this record was synced: it must not be reported, whatever it was.
+            let state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            Err(self.poisoned(state.poisoned.as_deref().unwrap_or("the writer failed")))
+        }
+    }
+
+    async fn get(&self, id: &PaymentId) -> Result<Option<Payment>, RepositoryError> {
+        let state = self.state()?;
+        Ok(state.index.find(id).filter(|&position| position < state.durable).map(|p| state.index.payment(p)))
+    }
+
+    async fn count(&self) -> Result<u64, RepositoryError> {
+        Ok(self.state()?.durable as u64)
+    }
+
+    async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
+        let mut state = self.state()?;
+        let durable = state.durable;
+        let sorted = match &state.sorted {
+            Some((len, sorted)) if *len == durable => Arc::clone(sorted),
+            _ => {
+                // Sorting happens under the lock, so saves wait for it: an export is rare, and the
+                // sort is reused page after page until a new payment arrives.
+                let index = &state.index;
+                // Positions fit in u32: the index holds at most u32::MAX payments.
+                let mut positions: Vec<u32> = (0..durable as u32).collect();
+                positions.sort_unstable_by(|&a, &b| index.id_at(a as usize).cmp(index.id_at(b as usize)));
+                let sorted: Arc<[u32]> = positions.into();
+                state.sorted = Some((durable, Arc::clone(&sorted)));
+                sorted
+            }
+        };
+        let index = &state.index;
+        let start =
+            after.map_or(0, |after| sorted.partition_point(|&p| index.id_at(p as usize) <= after.as_bytes()));
+        Ok(sorted[start..].iter().take(limit).map(|&p| index.payment(p as usize)).collect())
+    }
+}
+
+/// The writer thread: takes everything queued, writes it with one `write`, syncs it with one
+/// `fdatasync`, publishes how far the journal is durable, and starts over. On a failure it poisons
+/// the journal and stops: nothing is written after a failed write or sync.
+fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>) {
+    // A panic under the lock (never expected) leaves the state untrustworthy: stop, and make every
+    // waiting save fail instead of waiting forever.
+    let abandon = || shared.commits.send_modify(|commit| commit.poisoned = true);
+    let mut batch = Vec::new();
+    loop {
+        let upto = {
+            let Ok(mut state) = shared.state.lock() else { return abandon() };
+            while state.queue.is_empty() && !state.closing {
+                state = match shared.queued.wait(state) {
+                    Ok(state) => state,
+                    Err(_) => return abandon(),
+                };
+            }
+            if state.queue.is_empty() {
+                return; // closing, and everything queued is written
+            }
+            std::mem::swap(&mut state.queue, &mut batch);
+            state.index.len()
+        };
+        let failure = match io.append(&batch) {
+            Err(err) => Some(format!("writing {} bytes failed: {err}", batch.len())),
+            Ok(()) => io.sync().err().map(|err| format!("fdatasync failed: {err}")),
+        };
+        batch.clear();
+        let Ok(mut state) = shared.state.lock() else { return abandon() };
+        match failure {
+            None => {
+                state.durable = upto;
+                shared.commits.send_replace(Commit { durable: upto, poisoned: false });
+            }
+            Some(reason) => {
+                tracing::error!(journal = %shared.path.display(), %reason, "journal poisoned: no further saves");
+                state.poisoned = Some(reason.into());
+                shared.commits.send_replace(Commit { durable: state.durable, poisoned: true });
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
