@@ -233,7 +233,12 @@ impl Consumer {
 
     /// Consumes `source` until it is exhausted, shutdown is requested, or the consumer must stop.
     /// `progress` is called with the counts after every settled delivery.
-    pub async fn run<S>(&self, source: S, mut shutdown: Shutdown, progress: &mut dyn FnMut(&Summary)) -> Run
+    pub async fn run<S>(
+        &self,
+        source: S,
+        mut shutdown: Shutdown,
+        progress: &mut (dyn FnMut(&Summary) + Send),
+    ) -> Run
     where
         S: DeliverySource + 'static,
     {
@@ -241,23 +246,30 @@ impl Consumer {
         // The source is read by its own task, so that a read is never cancelled half-way when a
         // handler finishes first; the channel bounds how far reading runs ahead.
         let (deliveries, mut incoming) = mpsc::channel(concurrency);
-        let reader = tokio::spawn(read(source, deliveries, self.config.retry));
+        // Aborted when the run ends, or when the run itself is dropped (a simulated crash).
+        let _reader = AbortOnDrop(tokio::spawn(read(source, deliveries, self.config.retry)));
         // Tells deliveries waiting to retry to give up: on shutdown, and when the consumer stops.
         let (give_up, giving_up) = watch::channel(false);
 
         let mut summary = Summary::default();
         let mut in_flight = FuturesUnordered::new();
+        // Set once no more deliveries are taken; the loop then drains what is in flight.
         let mut ending = None;
+        let mut shutting_down = false;
         loop {
-            let taking = ending.is_none() && in_flight.len() < concurrency;
             if ending.is_some() && in_flight.is_empty() {
                 break;
             }
+            let taking = ending.is_none() && in_flight.len() < concurrency;
             tokio::select! {
                 biased;
-                () = shutdown.requested(), if ending.is_none() => {
-                    ending = Some(Ending::ShutDown);
+                // Listened to even after the source ended: a delivery may be retrying.
+                () = shutdown.requested(), if !shutting_down => {
+                    shutting_down = true;
                     give_up.send_replace(true);
+                    if matches!(ending, None | Some(Ending::Exhausted)) {
+                        ending = Some(Ending::ShutDown);
+                    }
                 }
                 Some(processed) = in_flight.next() => {
                     match processed {
@@ -284,7 +296,6 @@ impl Consumer {
                 },
             }
         }
-        reader.abort();
         Run { summary, ending: ending.unwrap_or(Ending::Exhausted) }
     }
 
@@ -378,6 +389,15 @@ fn dead_letter(delivery: &Delivery, handled: Handled) -> DeadLetter {
     }
 }
 
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// Reads `source` into `deliveries` until it ends, fails, or nobody listens any more. An
 /// unavailable source is asked again with backoff, for as long as the consumer runs.
 async fn read<S: DeliverySource>(
@@ -416,4 +436,174 @@ pub fn chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use payments_ports::domain::SaveOutcome;
+    use payments_ports::{MockPaymentsRepository, Payload, Receipt};
+
+    use super::*;
+    use crate::dead_letter::StderrDeadLetters;
+
+    /// Deliveries from a list; each receipt records its acknowledgement.
+    struct ListSource {
+        payloads: VecDeque<&'static str>,
+        acked: Arc<Mutex<Vec<String>>>,
+    }
+
+    #[derive(Debug)]
+    struct ListReceipt {
+        payload: &'static str,
+        acked: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Receipt for ListReceipt {
+        fn origin(&self) -> String {
+            self.payload.to_owned()
+        }
+
+        fn ack(self: Box<Self>) {
+            self.acked.lock().expect("acked").push(self.payload.to_owned());
+        }
+    }
+
+    #[async_trait]
+    impl DeliverySource for ListSource {
+        async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+            Ok(self.payloads.pop_front().map(|payload| Delivery {
+                payload: Payload::Complete(Bytes::from_static(payload.as_bytes())),
+                attempt: 1,
+                receipt: Box::new(ListReceipt { payload, acked: Arc::clone(&self.acked) }),
+            }))
+        }
+    }
+
+    const A: &str = r#"{"payment_id": "a", "amount": 1, "currency": "EUR"}"#;
+    const B: &str = r#"{"payment_id": "b", "amount": 2, "currency": "EUR"}"#;
+
+    fn fast_retries(give_up_after: Duration) -> ConsumerConfig {
+        ConsumerConfig {
+            concurrency: 4,
+            retry: RetryPolicy {
+                first_delay: Duration::from_millis(1),
+                max_delay: Duration::from_millis(4),
+                give_up_after,
+            },
+        }
+    }
+
+    async fn consume(repository: MockPaymentsRepository, config: ConsumerConfig) -> (Run, Vec<String>) {
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let source = ListSource { payloads: VecDeque::from([A, B]), acked: Arc::clone(&acked) };
+        let consumer =
+            Consumer::new(Handler::new(Arc::new(repository)), Arc::new(StderrDeadLetters::default()), config);
+        let run = consumer.run(source, Shutdown::never(), &mut |_| {}).await;
+        let acked = acked.lock().expect("acked").clone();
+        (run, acked)
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_retried_then_stops_cleanly_with_nothing_acknowledged() {
+        let mut repository = MockPaymentsRepository::new();
+        repository.expect_save().returning(|_| Err(RepositoryError::unavailable("connection refused")));
+        let (run, acked) = consume(repository, fast_retries(Duration::from_millis(60))).await;
+        assert!(
+            matches!(&run.ending, Ending::Stopped(StopReason::StoreUnavailable { retries, .. }) if *retries > 0),
+            "{:?}",
+            run.ending
+        );
+        assert!(acked.is_empty(), "nothing may be acknowledged while the store is down: {acked:?}");
+        assert!(run.summary.retries >= 2, "{:?}", run.summary);
+        assert_eq!(
+            run.summary.applied + run.summary.invalid + run.summary.conflicts,
+            0,
+            "never dead-lettered"
+        );
+        assert_eq!(run.summary.unsettled, run.summary.deliveries, "{:?}", run.summary);
+    }
+
+    #[tokio::test]
+    async fn a_store_that_comes_back_gets_every_payment_and_only_then_the_acknowledgement() {
+        let mut repository = MockPaymentsRepository::new();
+        let calls = Arc::new(Mutex::new(0));
+        let stored = Arc::new(Mutex::new(Vec::new()));
+        let (counted, kept) = (Arc::clone(&calls), Arc::clone(&stored));
+        repository.expect_save().returning(move |payment| {
+            let mut calls = counted.lock().expect("calls");
+            *calls += 1;
+            if *calls <= 5 {
+                return Err(RepositoryError::unavailable("connection refused"));
+            }
+            kept.lock().expect("stored").push(payment.id.to_string());
+            Ok(SaveOutcome::New)
+        });
+        let (run, mut acked) = consume(repository, fast_retries(Duration::from_secs(30))).await;
+        assert!(matches!(run.ending, Ending::Exhausted), "{:?}", run.ending);
+        assert_eq!(run.summary.applied, 2);
+        assert_eq!(run.summary.retries, 5);
+        acked.sort();
+        assert_eq!(acked, [A, B], "both acknowledged, once stored");
+        assert_eq!(stored.lock().expect("stored").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_stops_at_once_without_acknowledging() {
+        let mut repository = MockPaymentsRepository::new();
+        repository.expect_save().returning(|_| Err(RepositoryError::failed("journal poisoned")));
+        let (run, acked) = consume(repository, fast_retries(Duration::from_secs(30))).await;
+        assert!(matches!(run.ending, Ending::Stopped(StopReason::StoreFailed(_))), "{:?}", run.ending);
+        assert!(acked.is_empty());
+        assert_eq!(run.summary.retries, 0, "a failure that retrying cannot fix is not retried");
+    }
+
+    #[tokio::test]
+    async fn shutdown_gives_up_a_retrying_delivery_unacknowledged() {
+        let mut repository = MockPaymentsRepository::new();
+        repository.expect_save().returning(|_| Err(RepositoryError::unavailable("down")));
+        let acked = Arc::new(Mutex::new(Vec::new()));
+        let source = ListSource { payloads: VecDeque::from([A]), acked: Arc::clone(&acked) };
+        let consumer = Consumer::new(
+            Handler::new(Arc::new(repository)),
+            Arc::new(StderrDeadLetters::default()),
+            fast_retries(Duration::from_secs(3600)),
+        );
+        let (trigger, shutdown) = Shutdown::new();
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            trigger.trigger();
+        });
+        let run = consumer.run(source, shutdown, &mut |_| {}).await;
+        stopper.await.expect("stopper");
+        assert!(matches!(run.ending, Ending::ShutDown), "{:?}", run.ending);
+        assert_eq!(run.summary.unsettled, 1);
+        assert!(acked.lock().expect("acked").is_empty());
+    }
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let policy = RetryPolicy {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(1),
+            give_up_after: Duration::from_secs(60),
+        };
+        for (retry, step) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (30, 1000)] {
+            let step = Duration::from_millis(step);
+            for _ in 0..50 {
+                let delay = policy.delay(retry);
+                assert!(
+                    delay >= step / 2 && delay <= step,
+                    "retry {retry}: {delay:?} outside [{:?}, {step:?}]",
+                    step / 2
+                );
+            }
+        }
+        let spread: std::collections::HashSet<Duration> = (0..20).map(|_| policy.delay(3)).collect();
+        assert!(spread.len() > 1, "jitter spreads retries");
+    }
 }

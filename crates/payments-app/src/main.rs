@@ -3,6 +3,8 @@
 //! ```text
 //! payments-app consume [--store STORE] [--input PATH|-] [--dead-letter PATH] [--concurrency N] [--report json]
 //! payments-app export  [--store STORE]
+//! payments-app simulate [--store STORE] [--payments N] [--duplicate-rate R] [--crash-rate C]
+//!                       [--conflict-rate K] [--invalid-rate I] [--seed S] [--report json]
 //! ```
 //!
 //! The command line is a contract that tests and users script against: flags are added, never
@@ -14,6 +16,7 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,6 +24,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use payments_app::consumer::{Consumer, ConsumerConfig, Ending, RetryPolicy, Run, Shutdown, Summary, chain};
 use payments_app::handler::Handler;
+use payments_app::simulate;
 use payments_app::source::lines::{DEFAULT_MAX_LINE, LinesSource};
 use payments_app::store::{self, DEFAULT_STORE, StoreSpec};
 use payments_ports::RepositoryError;
@@ -43,6 +47,52 @@ enum Command {
     Consume(ConsumeArgs),
     /// Print every recorded payment as one JSON line, in ascending payment ID order.
     Export(ExportArgs),
+    /// Run the consumer against an in-process broker that redelivers, duplicates, reorders and
+    /// crashes, then check that every payment was recorded exactly once.
+    Simulate(SimulateArgs),
+}
+
+#[derive(Args, Debug)]
+struct SimulateArgs {
+    /// The store to run against; it must be empty. Default: a new journal in a temporary
+    /// directory, removed afterwards.
+    #[arg(long)]
+    store: Option<StoreSpec>,
+    /// How many distinct payments to send.
+    #[arg(long, default_value_t = 10_000)]
+    payments: usize,
+    /// The chance that a delivery is handed out twice at once.
+    #[arg(long, default_value_t = 0.1, value_parser = rate)]
+    duplicate_rate: f64,
+    /// The chance that the consumer crashes after an effect, before its acknowledgement
+    /// (at most 0.5, so that the run ends).
+    #[arg(long, default_value_t = 0.01, value_parser = crash_rate)]
+    crash_rate: f64,
+    /// The share of payments also sent in a conflicting version.
+    #[arg(long, default_value_t = 0.02, value_parser = rate)]
+    conflict_rate: f64,
+    /// Invalid messages, as a share of the payments.
+    #[arg(long, default_value_t = 0.01, value_parser = rate)]
+    invalid_rate: f64,
+    /// Where all randomness comes from; the same seed publishes the same messages. Default: random.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// How many deliveries are handled at once.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    concurrency: u16,
+    /// Also print the counts on stdout in this format.
+    #[arg(long, value_enum)]
+    report: Option<ReportFormat>,
+}
+
+fn rate(text: &str) -> Result<f64, String> {
+    let rate: f64 = text.parse().map_err(|_| format!("`{text}` is not a number"))?;
+    if (0.0..=1.0).contains(&rate) { Ok(rate) } else { Err(format!("{rate} is not between 0 and 1")) }
+}
+
+fn crash_rate(text: &str) -> Result<f64, String> {
+    let rate = rate(text)?;
+    if rate <= 0.5 { Ok(rate) } else { Err(format!("{rate} is above 0.5: the run might never end")) }
 }
 
 #[derive(Args, Debug)]
@@ -102,6 +152,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Consume(args) => consume(args).await,
             Command::Export(args) => export(args).await,
+            Command::Simulate(args) => simulate(args).await,
         }
     });
     match result {
@@ -184,6 +235,93 @@ async fn export(args: ExportArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let seed = args.seed.unwrap_or_else(rand::random);
+    let config = simulate::Config {
+        payments: args.payments,
+        duplicate_rate: args.duplicate_rate,
+        crash_rate: args.crash_rate,
+        conflict_rate: args.conflict_rate,
+        invalid_rate: args.invalid_rate,
+        seed,
+        concurrency: usize::from(args.concurrency),
+        visibility_timeout: Duration::from_millis(5),
+    };
+    // Without --store, a journal of its own that nobody else sees, removed at the end.
+    let scratch = match &args.store {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("cannot create a temporary directory for the journal")?),
+    };
+    let spec = match (&args.store, &scratch) {
+        (Some(spec), _) => spec.clone(),
+        (None, Some(dir)) => StoreSpec::File(dir.path().join("simulate.journal")),
+        (None, None) => unreachable!("a scratch directory exists whenever --store is absent"),
+    };
+    let opener: simulate::Opener = match &spec {
+        // A memory store cannot outlive a crash of its process: it stands for a store that lives
+        // elsewhere, so the same instance is kept across simulated crashes.
+        StoreSpec::Memory => {
+            let store = store::open(&spec).await?;
+            Box::new(move || {
+                let store = Arc::clone(&store);
+                Box::pin(async move { Ok(store) })
+            })
+        }
+        // Any other store is opened again after each crash, from what it has on disk.
+        _ => Box::new(move || {
+            let spec = spec.clone();
+            Box::pin(async move { store::open(&spec).await })
+        }),
+    };
+    eprintln!(
+        "payments-app: simulating {} payments with seed {seed} (rerun with --seed {seed})",
+        args.payments
+    );
+    let progress = Arc::new(Progress::new());
+    let shown = Arc::clone(&progress);
+    let report = simulate::run(config, opener, Arc::new(move |settled| shown.settled(settled))).await?;
+    progress.finish();
+    drop(scratch);
+
+    eprintln!(
+        "  consumer:  {} deliveries, {} applied, {} duplicates, {} conflicts, {} invalid, {} retries",
+        report.deliveries,
+        report.applied,
+        report.duplicates,
+        report.conflicts,
+        report.invalid,
+        report.retries
+    );
+    eprintln!(
+        "  faults:    {} crashes ({} consumer restarts), {} redeliveries, {} concurrent duplicate deliveries",
+        report.crashes, report.restarts, report.redeliveries, report.concurrent_duplicates
+    );
+    eprintln!(
+        "  anomalies: {} lost, {} duplicated effects, {} unexpected, {} missing dead letters",
+        report.lost, report.duplicated_effects, report.unexpected, report.missing_dead_letters
+    );
+    let silent = report.faults_that_did_not_fire(&config);
+    let code = if report.anomalies() > 0 {
+        eprintln!("payments-app: FAILED: the store does not match what was sent");
+        ExitCode::FAILURE
+    } else if !silent.is_empty() {
+        eprintln!(
+            "payments-app: FAILED: no {} happened, so the run proved nothing about them; send more payments",
+            silent.join(", no ")
+        );
+        ExitCode::FAILURE
+    } else {
+        eprintln!("payments-app: OK: every payment was recorded exactly once");
+        ExitCode::SUCCESS
+    };
+    if let Some(ReportFormat::Json) = args.report {
+        let mut stdout = std::io::stdout().lock();
+        serde_json::to_writer(&mut stdout, &report).context("cannot write the report")?;
+        writeln!(stdout).context("cannot write the report")?;
+    }
+    Ok(code)
+}
+
 /// SIGINT or SIGTERM asks the consumer to finish what is in flight and stop; a second one exits
 /// at once (still safe: whatever was not acknowledged is delivered again).
 fn shutdown_on_signals() -> anyhow::Result<Shutdown> {
@@ -233,6 +371,14 @@ impl Progress {
             if summary.deliveries.is_multiple_of(1024) {
                 bar.set_message(summary.to_string());
             }
+        }
+    }
+
+    fn settled(&self, settled: u64) {
+        if let Some(bar) = &self.0
+            && settled.is_multiple_of(1024)
+        {
+            bar.set_message(format!("{settled} deliveries settled"));
         }
     }
 

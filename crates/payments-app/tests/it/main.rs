@@ -1,5 +1,7 @@
 //! End-to-end tests of the `payments-app` binary: what users and scripts see.
 
 mod cli;
+mod consume;
 mod file_store;
+mod simulate;
 mod support;
