@@ -89,7 +89,8 @@ pub(crate) fn check(workspace: &Workspace) -> anyhow::Result<()> {
 
 fn check_edges(workspace: &Workspace, member: &Member, role: Role, violations: &mut Vec<String>) {
     for (dependency, kind) in &member.dependencies {
-        if !workspace.members.contains_key(dependency) {
+        // A crate may dev-depend on itself to turn on a feature for its own tests.
+        if !workspace.members.contains_key(dependency) || *dependency == member.name {
             continue;
         }
         let Some(target) = Role::of(dependency) else { continue };

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use payments_adapter_file::FilePaymentsRepository;
 use payments_adapter_memory::MemoryPaymentsRepository;
+use payments_adapter_postgres::{PostgresConfig, PostgresPaymentsRepository};
 use payments_ports::{DeadLetterSink, PaymentsRepository};
 
 use crate::dead_letter::{FileDeadLetters, StderrDeadLetters};
@@ -85,18 +86,24 @@ pub async fn open(spec: &StoreSpec) -> anyhow::Result<Arc<dyn PaymentsRepository
             tracing::info!(journal = %store.path().display(), payments = recovery.payments, "journal opened");
             Ok(Arc::new(store))
         }
-        StoreSpec::Postgres(_) => anyhow::bail!("store {spec} is not available in this build yet"),
+        StoreSpec::Postgres(url) => {
+            let config = PostgresConfig::from_url(url).map_err(anyhow::Error::msg)?;
+            let store = PostgresPaymentsRepository::connect(config)
+                .await
+                .with_context(|| format!("cannot open store {spec}"))?;
+            Ok(Arc::new(store))
+        }
     }
 }
 
 /// Where dead letters go when `--dead-letter` is not given: beside a file store
-/// (`payments.journal` → `payments.dead-letters.jsonl`), and to stderr for the memory store,
-/// which keeps nothing after exit either.
+/// (`payments.journal` → `payments.dead-letters.jsonl`), to `./data/dead-letters.jsonl` for
+/// PostgreSQL, and to stderr for the memory store, which keeps nothing after exit either.
 pub fn default_dead_letters(spec: &StoreSpec) -> Option<PathBuf> {
     match spec {
         StoreSpec::Memory => None,
         StoreSpec::File(journal) => Some(journal.with_extension("dead-letters.jsonl")),
-        StoreSpec::Postgres(_) => Some(PathBuf::from("dead-letters.jsonl")),
+        StoreSpec::Postgres(_) => Some(PathBuf::from("data/dead-letters.jsonl")),
     }
 }
 

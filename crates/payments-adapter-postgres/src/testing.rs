@@ -1,0 +1,118 @@
+//! For tests that need a PostgreSQL server: where it is, whether it answers, and a schema of
+//! their own that they remove afterwards.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tokio_postgres::NoTls;
+
+/// The environment variable that names the test server.
+pub const URL_ENV: &str = "PAYMENTS_TEST_POSTGRES_URL";
+
+/// The test server's URL: `$PAYMENTS_TEST_POSTGRES_URL`, or this project's machines' server.
+pub fn url() -> String {
+    std::env::var(URL_ENV).unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+/// Whether tests run under CI, where a server that cannot be reached is a failure, not a skip.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
+}
+
+/// Checks that the test server answers; says why not, and how to make it, when it does not.
+///
+/// # Errors
+///
+/// The reason, with the URL and what to do.
+pub async fn reachable() -> Result<(), String> {
+    let url = url();
+    let answer = async {
+        let (client, connection) = tokio_postgres::connect(&url, NoTls).await?;
+        let driver = tokio::spawn(connection);
+        client.simple_query("SELECT 1").await?;
+        drop(client);
+        let _ = driver.await;
+        Ok::<_, tokio_postgres::Error>(())
+    };
+    match tokio::time::timeout(Duration::from_secs(5), answer).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(unreachable_reason(&url, &err.to_string())),
+        Err(_) => Err(unreachable_reason(&url, "no answer within 5 s")),
+    }
+}
+
+fn unreachable_reason(url: &str, why: &str) -> String {
+    format!(
+        "no PostgreSQL at {url} ({why}); start one (see README, \"PostgreSQL\") or point {URL_ENV} at one"
+    )
+}
+
+/// A schema of a test's own, unique in this process and across processes.
+#[derive(Clone, Debug)]
+pub struct TestSchema {
+    name: String,
+}
+
+impl TestSchema {
+    /// A new schema name (nothing is created until a store connects).
+    pub fn new(prefix: &str) -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        Self { name: format!("{prefix}_{}_{n}", std::process::id()) }
+    }
+
+    /// Its name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The test server's URL, pointed at this schema.
+    pub fn url(&self) -> String {
+        let base = url();
+        let separator = if base.contains('?') { '&' } else { '?' };
+        format!("{base}{separator}schema={}", self.name)
+    }
+
+    /// Runs `sql` on the test server (for tests that break things on purpose).
+    ///
+    /// # Errors
+    ///
+    /// The driver's error.
+    pub async fn execute(&self, sql: &str) -> Result<(), tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let result = client.batch_execute(sql).await;
+        drop(client);
+        let _ = driver.await;
+        result
+    }
+
+    /// Removes the schema and everything in it.
+    ///
+    /// # Errors
+    ///
+    /// The driver's error.
+    pub async fn drop_schema(&self) -> Result<(), tokio_postgres::Error> {
+        self.execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name)).await
+    }
+}
+
+/// What a test that needs the server does here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Gate {
+    /// The server answers: run.
+    Run,
+    /// It does not, outside CI: report the test as skipped, by name, with this reason.
+    Skip(String),
+    /// It does not, under `CI=true`: fail with this reason.
+    Fail(String),
+}
+
+/// Asks the server once and decides for every test that needs it.
+pub async fn gate() -> Gate {
+    match reachable().await {
+        Ok(()) => Gate::Run,
+        Err(reason) if under_ci() => Gate::Fail(format!("{reason}; CI=true forbids skipping")),
+        Err(reason) => Gate::Skip(reason),
+    }
+}

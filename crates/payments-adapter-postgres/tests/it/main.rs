@@ -1,0 +1,192 @@
+//! The PostgreSQL adapter's own tests: migrations, and how failures are reported. `harness =
+//! false`, so that without a server each test is reported as skipped by name (failed under CI).
+
+// A test harness reports on stderr by design.
+#![allow(clippy::print_stderr)]
+
+use std::process::ExitCode;
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use payments_adapter_postgres::testing::{self, Gate, TestSchema};
+use payments_adapter_postgres::{PostgresConfig, PostgresPaymentsRepository, SCHEMA_VERSION};
+use payments_ports::PaymentsRepository;
+use payments_ports::domain::{Payment, SaveOutcome};
+
+type Test = fn() -> Result<(), Failed>;
+
+fn main() -> ExitCode {
+    let args = Arguments::from_args();
+    let tests: [(&str, Test); 5] = [
+        ("migrations_are_idempotent_and_safe_when_instances_start_together", migrations_race),
+        ("a_schema_newer_than_this_build_is_refused", newer_schema),
+        ("a_terminated_connection_is_unavailable_and_the_store_recovers", terminated_connection),
+        ("a_missing_table_is_a_failure_not_an_outage", missing_table),
+        ("an_unreachable_server_is_unavailable", unreachable_server),
+    ];
+    let gate = runtime().block_on(testing::gate());
+    let trials = tests
+        .into_iter()
+        .map(|(name, test)| match &gate {
+            Gate::Run => Trial::test(name, test),
+            Gate::Skip(reason) => {
+                eprintln!("SKIPPED postgres::{name}: {reason}");
+                Trial::test(name, test).with_kind("no server").with_ignored_flag(true)
+            }
+            Gate::Fail(reason) => {
+                let reason = reason.clone();
+                Trial::test(name, move || Err(reason.into()))
+            }
+        })
+        .collect();
+    libtest_mimic::run(&args, trials).exit_code()
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime")
+}
+
+fn payment(id: &str) -> Payment {
+    Payment::parse(id, 100, "EUR").expect("valid")
+}
+
+/// Runs `test` against a fresh schema and drops the schema afterwards, whatever happened.
+fn with_schema<F, Fut>(prefix: &str, test: F) -> Result<(), Failed>
+where
+    F: FnOnce(TestSchema) -> Fut,
+    Fut: std::future::Future<Output = Result<(), Failed>>,
+{
+    let runtime = runtime();
+    let schema = TestSchema::new(prefix);
+    let result = runtime.block_on(test(schema.clone()));
+    let cleanup = runtime.block_on(schema.drop_schema());
+    result.and(cleanup.map_err(|err| Failed::from(format!("dropping schema {}: {err}", schema.name()))))
+}
+
+async fn connect(schema: &TestSchema) -> Result<PostgresPaymentsRepository, Failed> {
+    Ok(PostgresPaymentsRepository::connect(PostgresConfig::from_url(&schema.url())?).await?)
+}
+
+fn migrations_race() -> Result<(), Failed> {
+    with_schema("migrate", |schema| async move {
+        // Four instances start at the same moment on a schema that does not exist yet.
+        let configs: Vec<_> =
+            (0..4).map(|_| PostgresConfig::from_url(&schema.url())).collect::<Result<_, _>>()?;
+        let started =
+            futures::future::join_all(configs.into_iter().map(PostgresPaymentsRepository::connect)).await;
+        for store in &started {
+            if let Err(err) = store {
+                return Err(format!("an instance failed to start: {err}").into());
+            }
+        }
+        let again = connect(&schema).await?;
+        assert_eq!(again.save(&payment("p")).await?, SaveOutcome::New);
+        let versions = query_i64(&schema, "SELECT count(*) FROM {schema}.schema_migrations").await?;
+        assert_eq!(versions, 1, "each migration is recorded once");
+        let version =
+            query_i64(&schema, "SELECT max(version)::bigint FROM {schema}.schema_migrations").await?;
+        assert_eq!(version, i64::from(SCHEMA_VERSION));
+        Ok(())
+    })
+}
+
+fn newer_schema() -> Result<(), Failed> {
+    with_schema("newer", |schema| async move {
+        drop(connect(&schema).await?);
+        schema
+            .execute(&format!("INSERT INTO \"{}\".schema_migrations (version) VALUES (999)", schema.name()))
+            .await?;
+        let config = PostgresConfig::from_url(&schema.url())?;
+        let err =
+            PostgresPaymentsRepository::connect(config).await.expect_err("a newer schema must be refused");
+        assert!(err.to_string().contains("is at version 999, newer than this build knows"), "{err}");
+        Ok(())
+    })
+}
+
+fn terminated_connection() -> Result<(), Failed> {
+    with_schema("terminate", |schema| async move {
+        let application = format!("payments-test-{}", schema.name());
+        let config = PostgresConfig::from_url(&schema.url())?.with_application_name(&application);
+        let store = std::sync::Arc::new(PostgresPaymentsRepository::connect(config).await?);
+        assert_eq!(store.save(&payment("before")).await?, SaveOutcome::New);
+
+        // Hold the table locked from another session, so that the next save is mid-statement
+        // (waiting on the lock) when its connection is terminated.
+        let (locker, connection) = tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE",
+                schema.name()
+            ))
+            .await?;
+        let blocked = tokio::spawn({
+            let store = std::sync::Arc::clone(&store);
+            async move { store.save(&payment("after")).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        schema
+            .execute(&format!(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{application}'"
+            ))
+            .await?;
+        let interrupted = blocked.await?;
+        locker.batch_execute("ROLLBACK").await?;
+        drop(locker);
+        let _ = driver.await;
+        match interrupted {
+            Err(err) => assert!(err.is_unavailable(), "a terminated connection is an outage to retry: {err}"),
+            Ok(outcome) => {
+                return Err(format!("the save survived its connection being killed: {outcome:?}").into());
+            }
+        }
+
+        // The store recovers by itself: the retry records the payment, once.
+        let mut outcome = None;
+        for _ in 0..50 {
+            match store.save(&payment("after")).await {
+                Ok(saved) => {
+                    outcome = Some(saved);
+                    break;
+                }
+                Err(err) if err.is_unavailable() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await
+                }
+                Err(err) => return Err(format!("after a terminated connection: {err}").into()),
+            }
+        }
+        assert_eq!(outcome, Some(SaveOutcome::New), "the interrupted insert never committed");
+        assert_eq!(store.count().await?, 2, "both payments recorded once");
+        Ok(())
+    })
+}
+
+fn missing_table() -> Result<(), Failed> {
+    with_schema("missing", |schema| async move {
+        let store = connect(&schema).await?;
+        schema.execute(&format!("DROP TABLE \"{}\".payments", schema.name())).await?;
+        let err = store.save(&payment("p")).await.expect_err("no table");
+        assert!(!err.is_unavailable(), "a broken schema is not an outage to wait out: {err}");
+        Ok(())
+    })
+}
+
+fn unreachable_server() -> Result<(), Failed> {
+    runtime().block_on(async {
+        let mut config = PostgresConfig::from_url("postgres://postgres@127.0.0.1:1/test")?;
+        config.wait_timeout = std::time::Duration::from_secs(2);
+        let err = PostgresPaymentsRepository::connect(config).await.expect_err("nothing listens on port 1");
+        assert!(err.is_unavailable(), "connection refused must be retried, not dead-lettered: {err}");
+        Ok(())
+    })
+}
+
+async fn query_i64(schema: &TestSchema, sql: &str) -> Result<i64, Failed> {
+    let (client, connection) = tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    let sql = sql.replace("{schema}", &format!("\"{}\"", schema.name()));
+    let value: i64 = client.query_one(&sql, &[]).await?.get(0);
+    drop(client);
+    let _ = driver.await;
+    Ok(value)
+}
