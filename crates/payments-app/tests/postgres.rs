@@ -51,8 +51,10 @@ fn with_schema(
 ) -> Result<(), Failed> {
     let schema = TestSchema::new(prefix);
     let dir = tempfile::tempdir()?;
-    let result = test(&schema, dir.path());
+    // A failed assertion panics; the schema is dropped all the same, then the panic goes on.
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&schema, dir.path())));
     let cleanup = runtime().block_on(schema.drop_schema());
+    let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     result.and(cleanup.map_err(|err| Failed::from(format!("dropping schema {}: {err}", schema.name()))))
 }
 

@@ -57,8 +57,11 @@ where
 {
     let runtime = runtime();
     let schema = TestSchema::new(prefix);
-    let result = runtime.block_on(test(schema.clone()));
+    // A failed assertion panics; the schema is dropped all the same, then the panic goes on.
+    let result =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(test(schema.clone()))));
     let cleanup = runtime.block_on(schema.drop_schema());
+    let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     result.and(cleanup.map_err(|err| Failed::from(format!("dropping schema {}: {err}", schema.name()))))
 }
 
