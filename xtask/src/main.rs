@@ -4,6 +4,7 @@
 //! cargo xtask test                        fmt, clippy, architecture, every test, conformance matrix
 //! cargo xtask conformance [--adapter NAME] only the conformance suite, with its matrix
 //! cargo xtask arch                        only the architecture invariants
+//! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
 //! ```
 
 // A command-line tool reports on stdout and stderr by design.
@@ -27,6 +28,9 @@ commands:
                                 every test in the workspace, then the conformance matrix
   conformance [--adapter NAME]  only the conformance suite of every adapter (or of one), with the matrix
   arch                          only the architecture invariants, read from cargo metadata
+  bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
+                                run (table on stdout, rows as JSON with --json), then the criterion
+                                micro-benchmarks of the domain; --quick keeps it to about five minutes
 ";
 
 fn main() -> ExitCode {
@@ -58,6 +62,7 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             };
             conformance::run(adapter)
         }
+        "bench" => bench(rest),
         "arch" => {
             no_more_args(rest)?;
             arch::check(&metadata::Workspace::load()?)
@@ -78,6 +83,36 @@ fn no_more_args(rest: &[String]) -> anyhow::Result<()> {
         [] => Ok(()),
         _ => bail!("unexpected arguments: {}", rest.join(" ")),
     }
+}
+
+/// `cargo xtask bench [--quick] [--json PATH]`.
+fn bench(rest: &[String]) -> anyhow::Result<()> {
+    let (mut quick, mut json) = (false, None);
+    let mut args = rest.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            // Relative to where xtask was started, not to the workspace root cargo runs in.
+            "--json" => match args.next() {
+                Some(path) => json = Some(std::env::current_dir()?.join(path)),
+                None => bail!("--json needs a path"),
+            },
+            other => {
+                bail!("unknown bench option `{other}`; usage: cargo xtask bench [--quick] [--json PATH]")
+            }
+        }
+    }
+    let mut scenarios = shell::cargo(&["bench", "-p", "payments-app", "--bench", "scenarios", "--"]);
+    let mut micro = shell::cargo(&["bench", "-p", "payments-domain", "--bench", "domain", "--"]);
+    if quick {
+        scenarios.arg("--quick");
+        micro.arg("--quick");
+    }
+    if let Some(path) = &json {
+        scenarios.arg("--json").arg(path);
+    }
+    shell::step("benchmark scenarios", &mut scenarios)?;
+    shell::step("micro-benchmarks (criterion)", &mut micro)
 }
 
 /// The whole gate: what CI runs, and what the README calls the test command.

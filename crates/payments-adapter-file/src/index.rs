@@ -52,7 +52,7 @@ pub(crate) struct Index {
     ids: Vec<u8>,
     entries: Vec<Entry>,
     table: HashTable<u32>,
-    hasher: foldhash::fast::RandomState,
+    hasher: foldhash::quality::RandomState,
 }
 
 impl Index {
@@ -63,7 +63,7 @@ impl Index {
             entries: Vec::with_capacity(payments),
             table: HashTable::with_capacity(payments),
             // Randomly seeded: payment IDs come from outside, and must not be able to force collisions.
-            hasher: foldhash::fast::RandomState::default(),
+            hasher: foldhash::quality::RandomState::default(),
         }
     }
 

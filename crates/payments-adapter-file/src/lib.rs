@@ -23,8 +23,10 @@ mod journal;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
@@ -135,6 +137,13 @@ struct Shared {
     state: Mutex<State>,
     /// Wakes the writer when a record is queued, or on close.
     queued: Condvar,
+    /// Records queued since the writer last took a batch, readable without the lock.
+    pending: AtomicUsize,
+    /// Whether the writer sleeps on `queued` (set and cleared under the lock), so that a save
+    /// makes the wake-up system call only when someone sleeps.
+    sleeping: AtomicBool,
+    /// How many queued records the writer waits for before it writes.
+    target: AtomicUsize,
     /// Published by the writer after every sync (or failure), awaited by saves.
     commits: watch::Sender<Commit>,
 }
@@ -187,6 +196,9 @@ impl FilePaymentsRepository {
                 sorted: None,
             }),
             queued: Condvar::new(),
+            pending: AtomicUsize::new(0),
+            sleeping: AtomicBool::new(false),
+            target: AtomicUsize::new(1),
             commits,
         });
         let writer = {
@@ -283,7 +295,13 @@ impl PaymentsRepository for FilePaymentsRepository {
                 None => {
                     let position = state.index.push(payment);
                     format::encode(payment, &mut state.queue);
-                    self.shared.queued.notify_one();
+                    let pending = self.shared.pending.fetch_add(1, Ordering::AcqRel) + 1;
+                    // Wake a sleeping writer for the first record (to start its clock) and for the
+                    // one that completes the batch it waits for.
+                    let target = self.shared.target.load(Ordering::Acquire);
+                    if self.shared.sleeping.load(Ordering::Acquire) && (pending == 1 || pending >= target) {
+                        self.shared.queued.notify_one();
+                    }
                     (SaveOutcome::New, position)
                 }
             }
@@ -335,6 +353,53 @@ impl PaymentsRepository for FilePaymentsRepository {
     }
 }
 
+/// How long the writer waits for the next batch to fill before it writes what it has (or sleeps).
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Waits until the next batch is worth writing, and returns the state locked; `None` if the lock
+/// is poisoned.
+///
+/// The savers of the last batch come back with their next records a few microseconds after its
+/// commit. The writer waits for about as many records as the last batch held, but never longer
+/// than [`SPIN`] once the first one is there: so batches stay as large as the load, and a lone
+/// saver is not kept waiting. Behind a lone saver (a target of one or two records) it spins,
+/// because waking a sleeping thread takes longer than the saver does; for larger batches it
+/// sleeps, and the saver that completes the batch wakes it, so that it does not take a CPU from
+/// the savers it waits for.
+fn wait_for_batch(shared: &Shared, last_batch: usize) -> Option<MutexGuard<'_, State>> {
+    let target = last_batch.max(1);
+    shared.target.store(target, Ordering::Release);
+    if target <= 2 {
+        let spin_until = Instant::now() + SPIN;
+        while shared.pending.load(Ordering::Acquire) < target && Instant::now() < spin_until {
+            std::thread::yield_now();
+        }
+    }
+    let mut state = shared.state.lock().ok()?;
+    let mut deadline = None;
+    loop {
+        let pending = shared.pending.load(Ordering::Acquire);
+        if state.closing || pending >= target {
+            return Some(state);
+        }
+        let now = Instant::now();
+        let until = match (pending, deadline) {
+            // Nothing queued: sleep until the first record arrives.
+            (0, _) => None,
+            // The first records are here: give the rest of the batch until the deadline.
+            (_, None) => Some(*deadline.insert(now + SPIN)),
+            (_, Some(at)) if now >= at => return Some(state),
+            (_, Some(at)) => Some(at),
+        };
+        shared.sleeping.store(true, Ordering::Release);
+        state = match until {
+            None => shared.queued.wait(state).ok()?,
+            Some(at) => shared.queued.wait_timeout(state, at - now).ok()?.0,
+        };
+        shared.sleeping.store(false, Ordering::Release);
+    }
+}
+
 /// The writer thread: takes everything queued, writes it with one `write`, syncs it with one
 /// `fdatasync`, publishes how far the journal is durable, and starts over. On a failure it poisons
 /// the journal and stops: nothing is written after a failed write or sync.
@@ -343,19 +408,16 @@ fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>) {
     // waiting save fail instead of waiting forever.
     let abandon = || shared.commits.send_modify(|commit| commit.poisoned = true);
     let mut batch = Vec::new();
+    // How many records the last batch held: about how many savers will send the next one.
+    let mut last_batch = 1;
     loop {
         let upto = {
-            let Ok(mut state) = shared.state.lock() else { return abandon() };
-            while state.queue.is_empty() && !state.closing {
-                state = match shared.queued.wait(state) {
-                    Ok(state) => state,
-                    Err(_) => return abandon(),
-                };
-            }
+            let Some(mut state) = wait_for_batch(shared, last_batch) else { return abandon() };
             if state.queue.is_empty() {
                 return; // closing, and everything queued is written
             }
             std::mem::swap(&mut state.queue, &mut batch);
+            last_batch = shared.pending.swap(0, Ordering::AcqRel).max(1);
             state.index.len()
         };
         let failure = match io.append(&batch) {
