@@ -13,6 +13,7 @@ use payments_ports::domain::{Amount, Payment, PaymentId, SaveOutcome};
 use payments_ports::{PaymentsRepository, RepositoryError, export_all};
 use tokio::sync::Barrier;
 
+use crate::model::random_operation_sequences_match_a_btreemap_model;
 use crate::{Capability, Fixture};
 
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -69,6 +70,7 @@ cases! {
     ids_that_differ_only_in_case_are_different_payments,
     ids_that_share_a_prefix_are_different_payments,
     amounts_at_the_limits_are_kept_exactly,
+    random_operation_sequences_match_a_btreemap_model,
     a_reopened_store_keeps_every_payment needs Durable,
     saving_again_after_reopening_reports_duplicate needs Durable,
     a_conflicting_save_after_reopening_reports_conflict needs Durable,

@@ -26,6 +26,7 @@
 //! with the capability it needs: it never passes silently.
 
 mod cases;
+mod model;
 mod runner;
 
 use std::fmt;

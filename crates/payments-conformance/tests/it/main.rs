@@ -173,6 +173,7 @@ fn catches_overwrite_on_conflict() {
         &[
             "a_conflict_never_overwrites_the_stored_payment",
             "a_conflicting_save_after_reopening_reports_conflict",
+            "random_operation_sequences_match_a_btreemap_model",
         ],
     );
 }
@@ -186,6 +187,7 @@ fn catches_a_duplicate_reported_as_an_error() {
             "a_duplicate_changes_nothing",
             "concurrent_saves_of_the_same_payment_produce_exactly_one_new",
             "saving_again_after_reopening_reports_duplicate",
+            "random_operation_sequences_match_a_btreemap_model",
         ],
     );
 }
@@ -199,6 +201,7 @@ fn catches_amnesia_after_a_restart() {
             "saving_again_after_reopening_reports_duplicate",
             "a_conflicting_save_after_reopening_reports_conflict",
             "payments_saved_after_reopening_survive_the_next_reopening",
+            "random_operation_sequences_match_a_btreemap_model",
         ],
     );
 }
