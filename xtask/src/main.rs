@@ -5,6 +5,8 @@
 //! cargo xtask conformance [--adapter NAME] only the conformance suite, with its matrix
 //! cargo xtask arch                        only the architecture invariants
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
+//! cargo xtask crash [--store file|postgres] [--kills N] [--payments M]   SIGKILL torture, with its check
+//! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
 //! ```
 
 // A command-line tool reports on stdout and stderr by design.
@@ -13,6 +15,7 @@
 mod arch;
 mod conformance;
 mod docs;
+mod fuzz;
 mod metadata;
 mod shell;
 
@@ -31,6 +34,13 @@ commands:
   bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
                                 run (table on stdout, rows as JSON with --json), then the criterion
                                 micro-benchmarks of the domain; --quick keeps it to about five minutes
+  crash [--store file|postgres] [--kills N] [--payments M]
+                                SIGKILLs payments-app consume at random moments, restarts it, and checks
+                                the store against the input (default: both stores, 100 kills, 100,000
+                                payments; cargo xtask test runs a reduced form)
+  fuzz [--seconds N] [--target NAME]
+                                runs each cargo-fuzz target for N seconds (default 60) from its seed
+                                corpus; needs the nightly toolchain and cargo-fuzz, and says so
 ";
 
 fn main() -> ExitCode {
@@ -63,6 +73,8 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             conformance::run(adapter)
         }
         "bench" => bench(rest),
+        "crash" => crash(rest),
+        "fuzz" => fuzz::run(rest),
         "arch" => {
             no_more_args(rest)?;
             arch::check(&metadata::Workspace::load()?)
@@ -113,6 +125,32 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
     }
     shell::step("benchmark scenarios", &mut scenarios)?;
     shell::step("micro-benchmarks (criterion)", &mut micro)
+}
+
+/// `cargo xtask crash [--store file|postgres] [--kills N] [--payments M]`: the crash test, sized
+/// for the documented figures unless told otherwise, on a release build.
+fn crash(rest: &[String]) -> anyhow::Result<()> {
+    let mut args: Vec<String> = vec![
+        "--store".into(),
+        "all".into(),
+        "--kills".into(),
+        "100".into(),
+        "--payments".into(),
+        "100000".into(),
+    ];
+    let mut given = rest.iter();
+    while let Some(flag) = given.next() {
+        let Some(slot) = ["--store", "--kills", "--payments"].iter().position(|known| known == flag) else {
+            bail!(
+                "unknown crash option `{flag}`; usage: cargo xtask crash [--store file|postgres] [--kills N] [--payments M]"
+            );
+        };
+        let Some(value) = given.next() else { bail!("{flag} needs a value") };
+        args[slot * 2 + 1] = value.clone();
+    }
+    let mut command = shell::cargo(&["test", "--release", "-p", "payments-app", "--test", "crash", "--"]);
+    command.args(&args);
+    shell::step("crash test", &mut command)
 }
 
 /// The whole gate: what CI runs, and what the README calls the test command.

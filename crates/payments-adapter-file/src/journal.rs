@@ -156,7 +156,7 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 /// Reads records after the header; returns the index and the offset where the good records end.
-fn scan(file: &mut File, len: u64, path: &Path) -> Result<(Index, u64), OpenError> {
+pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index, u64), OpenError> {
     let estimate = usize::try_from((len - HEADER_LEN as u64) / MIN_RECORD).unwrap_or(usize::MAX);
     let mut reader = Chunks::new(file, HEADER_LEN as u64, len);
     // Sized for the shortest records; trimmed below once the real count is known.
@@ -208,7 +208,7 @@ fn scan(file: &mut File, len: u64, path: &Path) -> Result<(Index, u64), OpenErro
 }
 
 /// The offset of the first record after the current one that has a valid checksum, if any.
-fn next_record(reader: &mut Chunks<'_>) -> io::Result<Option<u64>> {
+fn next_record<R: Read>(reader: &mut Chunks<'_, R>) -> io::Result<Option<u64>> {
     loop {
         reader.advance(1);
         let bytes = reader.at_least(MAX_RECORD)?;
@@ -222,8 +222,8 @@ fn next_record(reader: &mut Chunks<'_>) -> io::Result<Option<u64>> {
 }
 
 /// Reads a file forward in large chunks, keeping what is not consumed yet.
-struct Chunks<'f> {
-    file: &'f mut File,
+struct Chunks<'f, R> {
+    file: &'f mut R,
     /// Bytes of the file not read yet, to size reads of a small file small.
     unread: u64,
     buffer: Vec<u8>,
@@ -233,8 +233,8 @@ struct Chunks<'f> {
     eof: bool,
 }
 
-impl<'f> Chunks<'f> {
-    fn new(file: &'f mut File, base: u64, len: u64) -> Self {
+impl<'f, R: Read> Chunks<'f, R> {
+    fn new(file: &'f mut R, base: u64, len: u64) -> Self {
         Self { file, unread: len.saturating_sub(base), buffer: Vec::new(), start: 0, base, eof: false }
     }
 

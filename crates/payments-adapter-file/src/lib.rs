@@ -443,3 +443,33 @@ fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>) {
 
 #[cfg(test)]
 mod tests;
+
+/// For the fuzz targets in `fuzz/`: the journal's decoding, without a file.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Reads `bytes` as a whole journal, header included, the way opening a file does (without
+    /// cutting anything off). Returns how many payments it holds and where the good records end,
+    /// or why it cannot be opened. Must never panic, whatever the bytes.
+    ///
+    /// # Errors
+    ///
+    /// The reason opening such a file would fail.
+    pub fn read_journal(bytes: &[u8]) -> Result<(usize, u64), String> {
+        let path = std::path::Path::new("fuzzed.journal");
+        let header_len = bytes.len().min(crate::format::HEADER_LEN);
+        crate::format::check_header(&bytes[..header_len]).map_err(|bad| format!("{bad:?}"))?;
+        let mut records = &bytes[crate::format::HEADER_LEN..];
+        let (index, end) =
+            crate::journal::scan(&mut records, bytes.len() as u64, path).map_err(|err| err.to_string())?;
+        Ok((index.len(), end))
+    }
+
+    /// Parses one record at the start of `bytes`; `Some(len)` for a valid payment record.
+    pub fn parse_record(bytes: &[u8]) -> Option<usize> {
+        match crate::format::parse(bytes) {
+            crate::format::Parsed::Payment(_, len) => Some(len),
+            _ => None,
+        }
+    }
+}

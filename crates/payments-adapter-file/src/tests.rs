@@ -209,6 +209,13 @@ async fn no_payment_is_reported_new_unless_its_bytes_were_synced() {
         }
     }
     assert!(runs > 8, "the loop must reach failures at several positions, ran {runs}");
+    // Shown with --nocapture; docs/RELIABILITY.md quotes it.
+    #[allow(clippy::print_stderr)]
+    {
+        eprintln!(
+            "fault injection: {runs} runs (append and fdatasync, once and forever, failing the 1st, 2nd, ... call)"
+        );
+    }
 }
 
 #[tokio::test]

@@ -1,0 +1,384 @@
+//! Crash torture: `payments-app consume` as a child process, SIGKILLed at random moments and
+//! restarted, then checked against its input the way Jepsen checks a queue.
+//!
+//! ```text
+//! cargo test -p payments-app --test crash                     the reduced run (10 kills per store)
+//! cargo xtask crash [--store file|postgres] [--kills N] [--payments M]
+//! ```
+//!
+//! The input has duplicates (one delivery in five repeats an earlier payment) and conflicts (2%
+//! of payments come again later with another amount). After each kill the store is read back, and
+//! the next run starts where a broker would redeliver from: a little before the first payment
+//! that is not recorded, so that some recorded ones come again as duplicates. A last run replays
+//! the whole input. Then:
+//!
+//! - **lost** (a payment of the input not recorded), **duplicated effects** (recorded twice, or
+//!   in the conflicting version although the first one came first) and **unexpected** (recorded
+//!   but never sent) must all be zero;
+//! - every conflict must be resolved first-writer-wins, and dead-lettered;
+//! - most kills must land mid-work (the store grew during the run, and the run had not finished),
+//!   or the test proved nothing.
+//!
+//! `harness = false`: it is a program with options, and without a PostgreSQL server its
+//! PostgreSQL half reports itself skipped (failed under `CI=true`).
+
+// A test harness reports on stdout and stderr by design.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{BuildHasher, RandomState};
+use std::path::Path;
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use payments_adapter_postgres::testing::{self, Gate, TestSchema};
+
+/// What to run.
+struct Options {
+    stores: Vec<&'static str>,
+    kills: usize,
+    payments: usize,
+}
+
+fn options() -> Result<Options, String> {
+    let mut options = Options { stores: vec!["file", "postgres"], kills: 10, payments: 10_000 };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
+        match arg.as_str() {
+            "--store" => {
+                options.stores = match value("--store")?.as_str() {
+                    "file" => vec!["file"],
+                    "postgres" => vec!["postgres"],
+                    "all" => vec!["file", "postgres"],
+                    other => return Err(format!("--store {other}: expected file, postgres or all")),
+                }
+            }
+            "--kills" => options.kills = value("--kills")?.parse().map_err(|e| format!("--kills: {e}"))?,
+            "--payments" => {
+                options.payments = value("--payments")?.parse().map_err(|e| format!("--payments: {e}"))?
+            }
+            // cargo test passes libtest's flags (--nocapture, filters, --test-threads): not ours.
+            _ => {}
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> ExitCode {
+    let options = match options() {
+        Ok(options) => options,
+        Err(err) => {
+            eprintln!("crash: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut failed = false;
+    for store in &options.stores {
+        let result = match *store {
+            "file" => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let journal = dir.path().join("crash.journal");
+                let store = format!("file:{}", journal.display());
+                torture(&store, dir.path(), &options, &Progress::Journal(journal))
+            }
+            _ => postgres(&options),
+        };
+        match result {
+            Ok(report) => println!("crash test, {store} store: {report}"),
+            Err(err) => {
+                eprintln!("crash test, {store} store: FAILED: {err}");
+                failed = true;
+            }
+        }
+    }
+    if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+fn postgres(options: &Options) -> Result<String, String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    match runtime.block_on(testing::gate()) {
+        Gate::Run => {}
+        Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
+        Gate::Fail(reason) => return Err(reason),
+    }
+    let schema = TestSchema::new("crash");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (client, connection) = runtime
+        .block_on(tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls))
+        .map_err(|e| e.to_string())?;
+    runtime.spawn(connection);
+    let count = format!("SELECT count(*) FROM \"{}\".payments", schema.name());
+    let progress = Progress::Table { runtime: &runtime, client: &client, count };
+    let result = torture(&schema.url(), dir.path(), options, &progress);
+    runtime
+        .block_on(schema.drop_schema())
+        .map_err(|err| format!("dropping schema {}: {err}", schema.name()))?;
+    result
+}
+
+/// How far a run has got, read cheaply while it runs: the journal's size, or the table's count.
+enum Progress<'a> {
+    Journal(std::path::PathBuf),
+    Table { runtime: &'a tokio::runtime::Runtime, client: &'a tokio_postgres::Client, count: String },
+}
+
+impl Progress<'_> {
+    fn now(&self) -> u64 {
+        match self {
+            Self::Journal(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
+            // Before the first run has created the table, there is no progress to read.
+            Self::Table { runtime, client, count } => runtime
+                .block_on(client.query_one(count.as_str(), &[]))
+                .ok()
+                .and_then(|row| row.try_get::<_, i64>(0).ok())
+                .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+        }
+    }
+}
+
+/// The input, and what it must leave in the store.
+struct Input {
+    lines: Vec<String>,
+    /// For each line, the payment it carries: (ID, amount).
+    carries: Vec<(String, u64)>,
+    /// The first version of each payment: what must be recorded.
+    first: BTreeMap<String, u64>,
+    /// Payments sent again later with another amount.
+    conflicting: BTreeSet<String>,
+}
+
+/// A random number from the standard library's randomly keyed hasher: enough for kill delays.
+fn random(state: &RandomState, counter: &mut u64) -> u64 {
+    *counter += 1;
+    state.hash_one(*counter)
+}
+
+fn input(payments: usize) -> Input {
+    let state = RandomState::new();
+    let mut counter = 0;
+    let mut lines = Vec::new();
+    let mut carries = Vec::new();
+    let mut first = BTreeMap::new();
+    let mut conflicting = BTreeSet::new();
+    let mut later: Vec<(usize, String, u64)> = Vec::new();
+    let line =
+        |id: &str, amount: u64| format!(r#"{{"payment_id": "{id}", "amount": {amount}, "currency": "EUR"}}"#);
+    for i in 0..payments {
+        let id = format!("crash-{i:07}");
+        let amount = 100 + random(&state, &mut counter) % 100_000;
+        lines.push(line(&id, amount));
+        carries.push((id.clone(), amount));
+        first.insert(id.clone(), amount);
+        // One delivery in five repeats an earlier payment.
+        if i % 4 == 3 {
+            let earlier = format!("crash-{:07}", random(&state, &mut counter) as usize % (i + 1));
+            let amount = first[&earlier];
+            lines.push(line(&earlier, amount));
+            carries.push((earlier, amount));
+        }
+        // 2% come again much later, with another amount: the first one must win.
+        if i % 50 == 7 {
+            conflicting.insert(id.clone());
+            later.push((lines.len() + 1000, id, amount + 1));
+        }
+        while later.first().is_some_and(|(at, _, _)| *at <= lines.len()) {
+            let (_, id, amount) = later.remove(0);
+            lines.push(line(&id, amount));
+            carries.push((id, amount));
+        }
+    }
+    for (_, id, amount) in later {
+        lines.push(line(&id, amount));
+        carries.push((id, amount));
+    }
+    Input { lines, carries, first, conflicting }
+}
+
+fn app(dir: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_payments-app"));
+    command.args(args).current_dir(dir).stdin(Stdio::null());
+    command
+}
+
+/// Every recorded payment: ID → amounts (more than one would be a duplicated effect).
+fn recorded(dir: &Path, store: &str) -> Result<HashMap<String, Vec<u64>>, String> {
+    let output = app(dir, &["export", "--store", store]).output().map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("export failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let mut recorded: HashMap<String, Vec<u64>> = HashMap::new();
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let value: serde_json::Value =
+            serde_json::from_str(line).map_err(|e| format!("export line {line}: {e}"))?;
+        let id = value["payment_id"].as_str().unwrap_or_default().to_owned();
+        recorded.entry(id).or_default().push(value["amount"].as_u64().unwrap_or(0));
+    }
+    Ok(recorded)
+}
+
+/// The anomalies in what is recorded: (lost, duplicated effects, unexpected). `complete` says
+/// whether every payment must be there by now.
+fn anomalies(input: &Input, recorded: &HashMap<String, Vec<u64>>, complete: bool) -> (usize, usize, usize) {
+    let lost = if complete { input.first.keys().filter(|id| !recorded.contains_key(*id)).count() } else { 0 };
+    let mut duplicated = 0;
+    let mut unexpected = 0;
+    for (id, amounts) in recorded {
+        duplicated += amounts.len() - 1;
+        match input.first.get(id) {
+            None => unexpected += 1,
+            // Recorded, but not in its first version: the later, conflicting one overwrote or won.
+            Some(first) if amounts[0] != *first => duplicated += 1,
+            Some(_) => {}
+        }
+    }
+    (lost, duplicated, unexpected)
+}
+
+fn torture(store: &str, dir: &Path, options: &Options, progress: &Progress<'_>) -> Result<String, String> {
+    let input = input(options.payments);
+    let dead_letters = dir.join("dead-letters.jsonl");
+    let dead_letters = dead_letters.display().to_string();
+    let started = Instant::now();
+    let state = RandomState::new();
+    let mut counter = 0;
+    // How long after a run's first new record its kill may come; adapted after every kill.
+    let mut window = Duration::from_millis(20);
+    let (mut grown, mut waited) = (0, Duration::ZERO);
+    let (mut mid_work, mut finished_early, mut kills) = (0, 0, 0);
+    let mut from = 0;
+    let mut recorded_before = 0;
+    while kills < options.kills {
+        // Redeliver from a little before the first payment that is not recorded.
+        let input_path = dir.join(format!("run-{kills}.jsonl"));
+        std::fs::write(&input_path, input.lines[from..].join("\n") + "\n").map_err(|e| e.to_string())?;
+        let mut child = app(
+            dir,
+            &[
+                "consume",
+                "--store",
+                store,
+                "--input",
+                &input_path.display().to_string(),
+                "--dead-letter",
+                &dead_letters,
+            ],
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| e.to_string())?;
+        // Wait until this run records something new, then kill it a random moment later.
+        let before = progress.now();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while progress.now() == before
+            && child.try_wait().map_err(|e| e.to_string())?.is_none()
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let delay = window.mul_f64((random(&state, &mut counter) % 1000) as f64 / 1000.0);
+        std::thread::sleep(delay);
+        let still_running = child.try_wait().map_err(|e| e.to_string())?.is_none();
+        child.kill().map_err(|e| e.to_string())?; // SIGKILL
+        child.wait().map_err(|e| e.to_string())?;
+        kills += 1;
+
+        let recorded = recorded(dir, store)?;
+        let (_, duplicated, unexpected) = anomalies(&input, &recorded, false);
+        if duplicated + unexpected > 0 {
+            return Err(format!(
+                "after kill {kills}: {duplicated} duplicated effects, {unexpected} unexpected"
+            ));
+        }
+        let grew = recorded.len() > recorded_before;
+        if still_running && grew && recorded.len() < input.first.len() {
+            mid_work += 1;
+        } else if !still_running {
+            finished_early += 1;
+        }
+        // Aim the next kill so that the payments left are spread over the kills left: from how
+        // fast this run recorded, how long the next may run. Uniform delays in [0, window) average
+        // half the window.
+        let left = input.first.len().saturating_sub(recorded.len()) as f64;
+        let per_kill = left / (options.kills - kills + 1) as f64;
+        // The rate over every run so far: one run's is too noisy when its delay was short.
+        grown += recorded.len() - recorded_before;
+        waited += delay;
+        let rate = grown as f64 / waited.as_secs_f64().max(1e-3);
+        if rate > 0.0 {
+            let next = Duration::from_secs_f64((2.0 * per_kill / rate).clamp(0.001, 2.0));
+            window = next.min(window * 4);
+        }
+        if std::env::var_os("PAYMENTS_CRASH_VERBOSE").is_some() {
+            eprintln!(
+                "kill {kills}: after {delay:?} (window {window:?}), running {still_running}, recorded {} (+{})",
+                recorded.len(),
+                recorded.len() - recorded_before
+            );
+        }
+        recorded_before = recorded.len();
+        let first_missing =
+            input.carries.iter().position(|(id, _)| !recorded.contains_key(id)).unwrap_or(input.lines.len());
+        // Back by up to twice the concurrency, as a broker brings back the unacknowledged window.
+        from = first_missing.saturating_sub(128);
+    }
+
+    // The last run replays everything, to the end.
+    let all = dir.join("all.jsonl");
+    std::fs::write(&all, input.lines.join("\n") + "\n").map_err(|e| e.to_string())?;
+    let output = app(
+        dir,
+        &[
+            "consume",
+            "--store",
+            store,
+            "--input",
+            &all.display().to_string(),
+            "--dead-letter",
+            &dead_letters,
+            "--report",
+            "json",
+        ],
+    )
+    .output()
+    .map_err(|e| e.to_string())?;
+    if !output.status.success() {
+        return Err(format!("the last run failed: {}", String::from_utf8_lossy(&output.stderr)));
+    }
+    let recorded = recorded(dir, store)?;
+    let (lost, duplicated, unexpected) = anomalies(&input, &recorded, true);
+    let first_writer_wins = input
+        .conflicting
+        .iter()
+        .filter(|id| recorded.get(*id).is_some_and(|a| a[0] == input.first[*id]))
+        .count();
+    let letters = std::fs::read_to_string(&dead_letters).unwrap_or_default();
+    let dead_lettered: BTreeSet<String> = letters
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["kind"] == "conflict")
+        .filter_map(|l| l["incoming"]["payment_id"].as_str().map(str::to_owned))
+        .collect();
+    let undead = input.conflicting.iter().filter(|id| !dead_lettered.contains(*id)).count();
+
+    let report = format!(
+        "{kills} SIGKILLs ({mid_work} mid-work, {finished_early} after the run had finished) over {} deliveries \
+         ({} payments, {} conflicting) in {:.1} s: lost {lost}, duplicated effects {duplicated}, unexpected \
+         {unexpected}; conflicts resolved first-writer-wins {first_writer_wins}/{}, dead-lettered {}/{}",
+        input.lines.len(),
+        input.first.len(),
+        input.conflicting.len(),
+        started.elapsed().as_secs_f64(),
+        input.conflicting.len(),
+        input.conflicting.len() - undead,
+        input.conflicting.len(),
+    );
+    if lost + duplicated + unexpected > 0 || first_writer_wins != input.conflicting.len() || undead > 0 {
+        return Err(report);
+    }
+    if mid_work * 2 < kills {
+        return Err(format!("{report}; fewer than half the kills landed mid-work, so the run proved little"));
+    }
+    Ok(report)
+}
