@@ -69,7 +69,7 @@ pub(crate) async fn run(scale: Scale) -> Vec<Row> {
 
     // One saver: every save waits for its own fdatasync. The disk's speed drifts from second to
     // second, so the raw loop and the store take turns, five rounds each, and the medians count.
-    let n1 = scale.pick(2_000, 10_000);
+    let n1 = scale.pick(5_000, 10_000);
     let rounds = 5;
     let store = Arc::new(open(&dir.path().join("c1.journal")));
     let mut latencies = Latencies::with_capacity(n1);
