@@ -11,6 +11,9 @@ pub(crate) trait JournalIo: Send + 'static {
     fn append(&mut self, bytes: &[u8]) -> io::Result<()>;
     /// Makes everything appended so far durable (fdatasync).
     fn sync(&mut self) -> io::Result<()>;
+    /// Cuts the journal back to `len` bytes and makes the cut durable: after a failed write or
+    /// sync, what followed the last good sync must not be read back as if it were durable.
+    fn truncate(&mut self, len: u64) -> io::Result<()>;
 }
 
 impl JournalIo for std::fs::File {
@@ -20,6 +23,11 @@ impl JournalIo for std::fs::File {
 
     fn sync(&mut self) -> io::Result<()> {
         self.sync_data()
+    }
+
+    fn truncate(&mut self, len: u64) -> io::Result<()> {
+        self.set_len(len)?;
+        self.sync_all()
     }
 }
 
@@ -54,6 +62,8 @@ pub(crate) mod faults {
         pub(crate) durable: u64,
         /// Failures injected.
         pub(crate) failures: u32,
+        /// Where the journal was cut back to after a failure.
+        pub(crate) truncated_to: Option<u64>,
     }
 
     /// Fails the `nth` (1-based) call of `op`.
@@ -105,6 +115,13 @@ pub(crate) mod faults {
             self.file.sync_data()?;
             let mut log = self.log.lock().expect("log");
             log.durable = log.appended;
+            Ok(())
+        }
+
+        fn truncate(&mut self, len: u64) -> io::Result<()> {
+            self.file.set_len(len)?;
+            self.file.sync_all()?;
+            self.log.lock().expect("log").truncated_to = Some(len);
             Ok(())
         }
     }

@@ -31,6 +31,8 @@ pub(crate) struct Opened {
     pub(crate) index: Index,
     /// Bytes of torn tail that were cut off.
     pub(crate) dropped_bytes: u64,
+    /// The journal's length: where the next record goes.
+    pub(crate) len: u64,
 }
 
 /// `<journal>.lock`, `<journal>.tmp`: files that live beside the journal.
@@ -52,8 +54,10 @@ fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
 
 /// Locks, creates if needed, and recovers the journal at `path`.
 pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
-    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(io_error("create the directory of", path))?;
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty())
+        && !dir.is_dir()
+    {
+        create_directories(dir).map_err(io_error("create the directory of", path))?;
     }
     let lock = take_lock(path)?;
     let created = match std::fs::metadata(path) {
@@ -77,8 +81,8 @@ pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
     let (index, end) = scan(&mut file, len, path)?;
     let dropped_bytes = len - end;
     if dropped_bytes > 0 {
-        // A torn tail: a write that a crash cut short, never acknowledged. Cut it off and make
-        // the cut durable before anything is appended after it.
+        // A torn tail: a write that a crash cut short, never acknowledged. Cut it off before
+        // anything is appended after it.
         tracing::warn!(
             journal = %path.display(),
             dropped_bytes,
@@ -86,13 +90,20 @@ pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
             "the journal ended in a torn record; cut off {dropped_bytes} bytes at offset {end}"
         );
         file.set_len(end).map_err(io_error("truncate the torn tail of", path))?;
-        file.sync_all().map_err(io_error("sync", path))?;
     }
+    // What was read back may have come from the page cache without ever reaching the disk: the
+    // process that wrote it may have died between its write and its fdatasync. Every duplicate
+    // answered from now on is acknowledged on the strength of these records, so they must be
+    // durable first (and so must a cut).
+    file.sync_all().map_err(io_error("sync", path))?;
     file.seek(SeekFrom::End(0)).map_err(io_error("seek in", path))?;
     if created {
-        tracing::info!(journal = %path.display(), "created a new journal");
+        // Loud: a journal expected elsewhere (another working directory, an unmounted volume)
+        // would otherwise look like an empty store, and every redelivery would be applied again.
+        let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+        tracing::warn!(journal = %shown.display(), "created a new, empty journal; if one was expected here, stop now");
     }
-    Ok(Opened { file, lock, index, dropped_bytes })
+    Ok(Opened { file, lock, index, dropped_bytes, len: end })
 }
 
 /// Takes the exclusive lock on `<journal>.lock`, held until the returned file is closed.
@@ -133,6 +144,21 @@ fn create(path: &Path) -> Result<(), OpenError> {
     drop(file);
     std::fs::rename(&temporary, path).map_err(io_error("move the new journal into place at", path))?;
     sync_directory(path).map_err(io_error("sync the directory of", path))
+}
+
+/// Creates `dir` and its missing ancestors, and makes each new entry durable in its parent.
+fn create_directories(dir: &Path) -> io::Result<()> {
+    let mut missing = Vec::new();
+    let mut current = Some(dir);
+    while let Some(path) = current.filter(|p| !p.as_os_str().is_empty() && !p.exists()) {
+        missing.push(path);
+        current = path.parent();
+    }
+    std::fs::create_dir_all(dir)?;
+    for created in missing.iter().rev() {
+        sync_directory(created)?;
+    }
+    Ok(())
 }
 
 /// Makes a file's creation or renaming durable.

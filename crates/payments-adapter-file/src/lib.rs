@@ -8,8 +8,10 @@
 //! - **Duplicates from memory.** An in-memory index (about 30 bytes per payment beyond its ID)
 //!   answers duplicates and conflicts without any disk I/O.
 //! - **Poisoned on failure.** A failed write or sync is never retried as if nothing happened (the
-//!   kernel may already have dropped the data): that save and every later one fail, and nothing
-//!   is reported new until the journal is opened again and read back from disk.
+//!   kernel may already have dropped the data): that save and every later one fail, the journal
+//!   is cut back to its last synced byte, and nothing is reported new until it is opened again.
+//! - **Synced on open.** What opening reads back may come from the page cache of a process that
+//!   died before its fdatasync; it is synced before any duplicate is answered from it.
 //! - **Crash recovery.** A torn tail (a record cut short by a crash) is cut off with a warning; a
 //!   damaged record followed by good ones is corruption, and opening fails with the byte offset.
 //! - **One writer.** `<journal>.lock` is locked exclusively while the journal is open.
@@ -181,7 +183,7 @@ impl FilePaymentsRepository {
     }
 
     fn open_with(path: &Path, io: impl FnOnce(File) -> Box<dyn JournalIo>) -> Result<Self, OpenError> {
-        let journal::Opened { file, lock, index, dropped_bytes } = journal::open(path)?;
+        let journal::Opened { file, lock, index, dropped_bytes, len } = journal::open(path)?;
         let recovery = Recovery { payments: index.len() as u64, dropped_bytes };
         let durable = index.len();
         let (commits, _) = watch::channel(Commit { durable, poisoned: false });
@@ -205,7 +207,7 @@ impl FilePaymentsRepository {
             let (shared, io) = (Arc::clone(&shared), io(file));
             std::thread::Builder::new()
                 .name("journal-writer".to_owned())
-                .spawn(move || write_batches(&shared, io))
+                .spawn(move || write_batches(&shared, io, len))
                 .map_err(|source| OpenError::Io {
                     action: "start the writer thread of",
                     path: path.to_owned(),
@@ -403,7 +405,7 @@ fn wait_for_batch(shared: &Shared, last_batch: usize) -> Option<MutexGuard<'_, S
 /// The writer thread: takes everything queued, writes it with one `write`, syncs it with one
 /// `fdatasync`, publishes how far the journal is durable, and starts over. On a failure it poisons
 /// the journal and stops: nothing is written after a failed write or sync.
-fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>) {
+fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>, mut durable_len: u64) {
     // A panic under the lock (never expected) leaves the state untrustworthy: stop, and make every
     // waiting save fail instead of waiting forever.
     let abandon = || shared.commits.send_modify(|commit| commit.poisoned = true);
@@ -423,6 +425,22 @@ fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>) {
         let failure = match io.append(&batch) {
             Err(err) => Some(format!("writing {} bytes failed: {err}", batch.len())),
             Ok(()) => io.sync().err().map(|err| format!("fdatasync failed: {err}")),
+        };
+        let failure = match failure {
+            None => {
+                durable_len += batch.len() as u64;
+                None
+            }
+            // Cut off what the failed batch left in the file (and in the page cache, which after a
+            // failed fsync may hold pages marked clean that never reached the disk): a reopen must
+            // not read them back as durable and answer their redeliveries as duplicates.
+            Some(reason) => Some(match io.truncate(durable_len) {
+                Ok(()) => reason,
+                Err(err) => format!(
+                    "{reason}; cutting the journal back to its last synced byte ({durable_len}) failed too ({err}): \
+                     records after that offset were never acknowledged, and must be cut off before reopening"
+                ),
+            }),
         };
         batch.clear();
         let Ok(mut state) = shared.state.lock() else { return abandon() };

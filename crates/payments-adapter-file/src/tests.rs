@@ -33,6 +33,10 @@ impl JournalIo for Counting {
         std::thread::sleep(self.sync_delay);
         self.file.sync_data()
     }
+
+    fn truncate(&mut self, len: u64) -> std::io::Result<()> {
+        self.file.set_len(len)
+    }
 }
 
 fn counting(path: &Path, sync_delay: Duration) -> (FilePaymentsRepository, Arc<Mutex<(u32, u32)>>) {
@@ -176,9 +180,9 @@ async fn no_payment_is_reported_new_unless_its_bytes_were_synced() {
                 runs += 1;
                 let path = dir.path().join(format!("{op:?}-{mode:?}-{nth}.journal"));
                 let run = run_with_fault(&path, op, nth, mode).await;
-                let (failures, durable) = {
+                let (failures, durable, truncated_to) = {
                     let log = run.log.lock().expect("log");
-                    (log.failures, log.durable)
+                    (log.failures, log.durable, log.truncated_to)
                 };
 
                 let after_reopen = recovered(&path).await;
@@ -200,6 +204,21 @@ async fn no_payment_is_reported_new_unless_its_bytes_were_synced() {
                     missing.is_empty(),
                     "{op:?} {mode:?} #{nth}: reported new but not synced: {missing:?}"
                 );
+
+                // And the store itself cut the file back to those bytes: nothing of the failed
+                // batch is left to be read back as if it were durable.
+                if failures > 0 {
+                    let synced_end = format::HEADER_LEN as u64 + durable;
+                    assert_eq!(
+                        truncated_to,
+                        Some(synced_end),
+                        "{op:?} {mode:?} #{nth}: cut back after the failure"
+                    );
+                    assert_eq!(
+                        after_reopen, in_image,
+                        "{op:?} {mode:?} #{nth}: the reopened journal is the synced one"
+                    );
+                }
 
                 if failures == 0 {
                     assert_eq!(after_reopen, run.attempted, "a run without failures records everything");

@@ -54,7 +54,13 @@ pub(crate) async fn run(
 
 /// Inserts the batch with one statement and works out each save's outcome.
 async fn execute(inner: &Inner, batch: &[Request]) -> Vec<Result<SaveOutcome, RepositoryError>> {
-    match insert(inner, batch).await {
+    // A statement that hangs (a silent network, a lock held elsewhere) must not hold its saves
+    // forever: past the timeout they are unavailable, and the consumer retries them, which is
+    // safe because the insert is idempotent.
+    let inserted = tokio::time::timeout(inner.timeout, insert(inner, batch)).await.unwrap_or_else(|_| {
+        Err(Failure::Pool(format!("PostgreSQL save took longer than {:?}", inner.timeout), true))
+    });
+    match inserted {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(Failure::Pool(message, transient)) => batch
             .iter()
@@ -94,12 +100,15 @@ async fn insert(inner: &Inner, batch: &[Request]) -> Result<Vec<SaveOutcome>, Fa
     for (position, request) in batch.iter().enumerate() {
         first_of.entry(request.payment.id).or_insert(position);
     }
-    let rows: Vec<&Payment> = batch
+    let mut rows: Vec<&Payment> = batch
         .iter()
         .enumerate()
         .filter(|(position, request)| first_of[&request.payment.id] == *position)
         .map(|(_, request)| &request.payment)
         .collect();
+    // Every batch inserts in ID order: two batches that share IDs (redeliveries, several
+    // instances) then wait for each other in one direction only, and never deadlock.
+    rows.sort_by_key(|p| p.id);
 
     let client = inner.pool.get().await.map_err(|err| {
         let err = pool("save", err);

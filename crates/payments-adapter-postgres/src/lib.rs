@@ -87,6 +87,8 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// How long a save waits for a connection before it counts as unavailable.
     pub wait_timeout: Duration,
+    /// How long one call may take in all before it counts as unavailable (and is retried).
+    pub timeout: Duration,
     /// Batches in flight at once, each on its own connection.
     pub batches_in_flight: usize,
     /// The most saves in one statement.
@@ -133,6 +135,7 @@ impl PostgresConfig {
             schema,
             pool_size: 16,
             wait_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
             batches_in_flight: 4,
             max_batch: 512,
         })
@@ -200,6 +203,7 @@ struct Inner {
     pool: Pool,
     sql: Sql,
     schema: SchemaName,
+    timeout: Duration,
 }
 
 /// Payments in a PostgreSQL table, shared by every instance that connects to it.
@@ -241,7 +245,12 @@ impl PostgresPaymentsRepository {
             let mut client = pool.get().await.map_err(|err| errors::pool("cannot connect", err))?;
             migrate::run(&mut client, &config.schema).await?;
         }
-        let inner = Arc::new(Inner { pool, sql: Sql::new(&config.schema), schema: config.schema.clone() });
+        let inner = Arc::new(Inner {
+            pool,
+            sql: Sql::new(&config.schema),
+            schema: config.schema.clone(),
+            timeout: config.timeout,
+        });
         let (saves, requests) = mpsc::channel(config.max_batch.max(1) * config.batches_in_flight.max(1));
         tokio::spawn(batch::run(
             Arc::clone(&inner),
@@ -295,46 +304,73 @@ impl PaymentsRepository for PostgresPaymentsRepository {
     }
 
     async fn get(&self, id: &PaymentId) -> Result<Option<Payment>, RepositoryError> {
-        let client = self.inner.pool.get().await.map_err(|err| errors::pool("get", err))?;
-        let statement = client
-            .prepare_cached(&self.inner.sql.select_one)
-            .await
-            .map_err(|err| errors::query("get", err))?;
-        let row =
-            client.query_opt(&statement, &[&id.as_str()]).await.map_err(|err| errors::query("get", err))?;
-        row.as_ref().map(row_to_payment).transpose()
+        self.bounded("get", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("get", err))?;
+            let statement = client
+                .prepare_cached(&self.inner.sql.select_one)
+                .await
+                .map_err(|err| errors::query("get", err))?;
+            let row = client
+                .query_opt(&statement, &[&id.as_str()])
+                .await
+                .map_err(|err| errors::query("get", err))?;
+            row.as_ref().map(row_to_payment).transpose()
+        })
+        .await
     }
 
     async fn count(&self) -> Result<u64, RepositoryError> {
-        let client = self.inner.pool.get().await.map_err(|err| errors::pool("count", err))?;
-        let statement =
-            client.prepare_cached(&self.inner.sql.count).await.map_err(|err| errors::query("count", err))?;
-        let row = client.query_one(&statement, &[]).await.map_err(|err| errors::query("count", err))?;
-        let count: i64 = row.try_get(0).map_err(|err| errors::query("count", err))?;
-        Ok(u64::try_from(count).unwrap_or(0))
+        self.bounded("count", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("count", err))?;
+            let statement = client
+                .prepare_cached(&self.inner.sql.count)
+                .await
+                .map_err(|err| errors::query("count", err))?;
+            let row = client.query_one(&statement, &[]).await.map_err(|err| errors::query("count", err))?;
+            let count: i64 = row.try_get(0).map_err(|err| errors::query("count", err))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
     }
 
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
-        let client = self.inner.pool.get().await.map_err(|err| errors::pool("list", err))?;
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = match after {
-            None => {
-                let statement = client
-                    .prepare_cached(&self.inner.sql.list_first)
-                    .await
-                    .map_err(|err| errors::query("list", err))?;
-                client.query(&statement, &[&limit]).await
+        self.bounded("list", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("list", err))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = match after {
+                None => {
+                    let statement = client
+                        .prepare_cached(&self.inner.sql.list_first)
+                        .await
+                        .map_err(|err| errors::query("list", err))?;
+                    client.query(&statement, &[&limit]).await
+                }
+                Some(after) => {
+                    let statement = client
+                        .prepare_cached(&self.inner.sql.list_after)
+                        .await
+                        .map_err(|err| errors::query("list", err))?;
+                    client.query(&statement, &[&after.as_str(), &limit]).await
+                }
             }
-            Some(after) => {
-                let statement = client
-                    .prepare_cached(&self.inner.sql.list_after)
-                    .await
-                    .map_err(|err| errors::query("list", err))?;
-                client.query(&statement, &[&after.as_str(), &limit]).await
-            }
-        }
-        .map_err(|err| errors::query("list", err))?;
-        rows.iter().map(row_to_payment).collect()
+            .map_err(|err| errors::query("list", err))?;
+            rows.iter().map(row_to_payment).collect()
+        })
+        .await
+    }
+}
+
+impl PostgresPaymentsRepository {
+    /// Runs `work` within the call timeout; past it, the call is unavailable (and retried).
+    async fn bounded<T>(
+        &self,
+        action: &str,
+        work: impl std::future::Future<Output = Result<T, RepositoryError>>,
+    ) -> Result<T, RepositoryError> {
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+            Err(RepositoryError::unavailable(format!("PostgreSQL {action} took longer than {timeout:?}")))
+        })
     }
 }
 

@@ -291,7 +291,10 @@ impl Consumer {
                         summary.deliveries += 1;
                         in_flight.push(self.process(delivery, giving_up.clone()));
                     }
-                    Some(Err(err)) => ending = Some(Ending::Stopped(StopReason::Source(err))),
+                    Some(Err(err)) => {
+                        ending = Some(Ending::Stopped(StopReason::Source(err)));
+                        give_up.send_replace(true);
+                    }
                     None => ending = Some(Ending::Exhausted),
                 },
             }

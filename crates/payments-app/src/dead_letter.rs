@@ -78,14 +78,18 @@ impl FileDeadLetters {
     ///
     /// When the file cannot be opened for appending.
     pub async fn open(path: &Path) -> std::io::Result<Self> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir).await?;
-        }
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let existed = tokio::fs::try_exists(path).await?;
+        tokio::fs::create_dir_all(dir).await?;
         let mut options = tokio::fs::OpenOptions::new();
         options.create(true).append(true);
         #[cfg(unix)]
         options.mode(0o600);
         let file = options.open(path).await?;
+        if !existed {
+            // A new file's name must be durable too, or a crash could take it, letters and all.
+            tokio::fs::File::open(dir).await?.sync_all().await?;
+        }
         Ok(Self { path: path.to_owned(), file: Mutex::new(file) })
     }
 
@@ -102,6 +106,9 @@ impl DeadLetterSink for FileDeadLetters {
         let mut file = self.file.lock().await;
         let written = async {
             file.write_all(&line).await?;
+            // tokio's write_all only hands the bytes to a background task; flush waits for it and
+            // returns its error (a full disk), which sync_data alone would not.
+            file.flush().await?;
             file.sync_data().await
         };
         written.await.map_err(|err| DeadLetterError {

@@ -1,4 +1,4 @@
-//! The cases: one per sentence of the [`PaymentsRepository`] contract, each named after it.
+//! The cases, each named after the sentence of the [`PaymentsRepository`] contract it checks.
 //!
 //! A case panics (through `assert!`) when the adapter breaks its sentence; the message quotes what
 //! the contract says and what the adapter did.

@@ -1,5 +1,5 @@
-//! The conformance suite that every [`PaymentsRepository`] adapter runs: one named case per sentence
-//! of the port's contract.
+//! The conformance suite that every [`PaymentsRepository`] adapter runs: cases named after the
+//! sentences of the port's contract, and a model-based case that runs random sequences.
 //!
 //! An adapter plugs in with a [`Harness`] (how to make an empty store, open it, and clean up) and a
 //! test file of a few lines:

@@ -292,9 +292,16 @@ async fn burst(
     Ok(())
 }
 
-/// How many sequences to run.
+/// How many sequences to run: 1,000, or `PAYMENTS_MODEL_CASES`. A count that would make the case
+/// pass without testing anything (zero, or not a number) is refused.
 fn cases() -> u32 {
-    std::env::var("PAYMENTS_MODEL_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1000)
+    match std::env::var("PAYMENTS_MODEL_CASES") {
+        Err(_) => 1000,
+        Ok(text) => match text.parse() {
+            Ok(0) | Err(_) => panic!("PAYMENTS_MODEL_CASES={text:?}: give a number of sequences above zero"),
+            Ok(cases) => cases,
+        },
+    }
 }
 
 pub(crate) async fn random_operation_sequences_match_a_btreemap_model(f: &Fixture) {

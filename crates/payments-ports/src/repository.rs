@@ -13,8 +13,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///
 /// # Contract
 ///
-/// Every adapter MUST keep each of these sentences; `payments-conformance` has one named case for
-/// each, and every adapter runs it.
+/// Every adapter MUST keep each of these sentences. `payments-conformance` checks sentences 1 to
+/// 4 and 6 to 8 with cases named after them, which every adapter runs; sentences 5 and 9 need a
+/// failure provoked inside the backend (a failed fsync, a killed process or connection), so each
+/// adapter checks them with fault tests of its own.
 ///
 /// **Saving** ([`save`](Self::save)):
 ///
@@ -27,8 +29,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// 4. Any number of concurrent saves of the same payment MUST produce exactly one `New`; the
 ///    others report `Duplicate`. Concurrent saves of different payments MUST all be recorded.
 /// 5. `New` MUST be reported only once the payment is as durable as the adapter promises (for a
-///    durable adapter: it survives a crash of the process). A caller acknowledges the message on
-///    the strength of it.
+///    durable adapter: it survives a crash of the process); `Duplicate` and `Conflict` likewise
+///    only once the stored payment they were decided against is. A caller acknowledges the
+///    message on the strength of any of the three.
 ///
 /// **Reading**:
 ///

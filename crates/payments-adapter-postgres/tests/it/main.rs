@@ -16,12 +16,13 @@ type Test = fn() -> Result<(), Failed>;
 
 fn main() -> ExitCode {
     let args = Arguments::from_args();
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
         ("migrations_are_idempotent_and_safe_when_instances_start_together", migrations_race),
         ("a_schema_newer_than_this_build_is_refused", newer_schema),
         ("a_terminated_connection_is_unavailable_and_the_store_recovers", terminated_connection),
         ("a_missing_table_is_a_failure_not_an_outage", missing_table),
         ("an_unreachable_server_is_unavailable", unreachable_server),
+        ("a_save_held_up_past_the_timeout_is_unavailable_then_recorded_once", held_up),
     ];
     let gate = runtime().block_on(testing::gate());
     let trials = tests
@@ -160,6 +161,34 @@ fn terminated_connection() -> Result<(), Failed> {
         }
         assert_eq!(outcome, Some(SaveOutcome::New), "the interrupted insert never committed");
         assert_eq!(store.count().await?, 2, "both payments recorded once");
+        Ok(())
+    })
+}
+
+fn held_up() -> Result<(), Failed> {
+    with_schema("held", |schema| async move {
+        let mut config = PostgresConfig::from_url(&schema.url())?;
+        config.timeout = std::time::Duration::from_millis(300);
+        let store = PostgresPaymentsRepository::connect(config).await?;
+        let (locker, connection) = tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
+        let driver = tokio::spawn(connection);
+        locker
+            .batch_execute(&format!(
+                "BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE",
+                schema.name()
+            ))
+            .await?;
+        let err = store.save(&payment("held")).await.expect_err("the table is locked past the timeout");
+        assert!(err.is_unavailable(), "a save that hangs is an outage to retry: {err}");
+        assert!(err.to_string().contains("took longer than"), "{err}");
+        locker.batch_execute("ROLLBACK").await?;
+        drop(locker);
+        let _ = driver.await;
+        // The timed-out insert may or may not have gone through once the lock was released;
+        // either way the retry records the payment exactly once.
+        let retried = store.save(&payment("held")).await?;
+        assert!(matches!(retried, SaveOutcome::New | SaveOutcome::Duplicate), "{retried:?}");
+        assert_eq!(store.count().await?, 1);
         Ok(())
     })
 }
