@@ -8,8 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use payments_ports::RepositoryError;
 use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
+use payments_ports::{RepositoryError, error_chain};
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::errors::{pool, shared};
@@ -112,7 +112,7 @@ async fn insert(inner: &Inner, batch: &[Request]) -> Result<Vec<SaveOutcome>, Fa
 
     let client = inner.pool.get().await.map_err(|err| {
         let err = pool("save", err);
-        Failure::Pool(chain(&err), err.is_unavailable())
+        Failure::Pool(error_chain(&err), err.is_unavailable())
     })?;
     let inserted_rows = if let [payment] = rows.as_slice() {
         let statement = client.prepare_cached(&inner.sql.insert_one).await.map_err(|err| ("save", err))?;
@@ -141,7 +141,7 @@ async fn insert(inner: &Inner, batch: &[Request]) -> Result<Vec<SaveOutcome>, Fa
         let statement =
             client.prepare_cached(&inner.sql.select_many).await.map_err(|err| ("read back", err))?;
         for row in client.query(&statement, &[&present]).await.map_err(|err| ("read back", err))? {
-            let payment = row_to_payment(&row).map_err(|err| Failure::Store(chain(&err)))?;
+            let payment = row_to_payment(&row).map_err(|err| Failure::Store(error_chain(&err)))?;
             stored.insert(payment.id, payment);
         }
     }
@@ -171,15 +171,4 @@ async fn insert(inner: &Inner, batch: &[Request]) -> Result<Vec<SaveOutcome>, Fa
             }
         })
         .collect()
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -116,3 +116,30 @@ pub async fn gate() -> Gate {
         Err(reason) => Gate::Skip(reason),
     }
 }
+
+/// A test that needs the server.
+pub type Test = fn() -> Result<(), libtest_mimic::Failed>;
+
+/// The tests as libtest trials, gated on the server: run when it answers; without it, ignored
+/// with a loud `SKIPPED <prefix>::<name>` line each, or, under `CI=true`, failed with the reason.
+#[allow(clippy::print_stderr)] // The SKIPPED lines are for the person reading the test output.
+pub fn trials(prefix: &str, tests: &[(&'static str, Test)]) -> Vec<libtest_mimic::Trial> {
+    let gate = tokio::runtime::Builder::new_current_thread().enable_all().build().map_or_else(
+        |err| Gate::Fail(format!("cannot start a runtime to reach the server: {err}")),
+        |rt| rt.block_on(gate()),
+    );
+    tests
+        .iter()
+        .map(|&(name, test)| match &gate {
+            Gate::Run => libtest_mimic::Trial::test(name, test),
+            Gate::Skip(reason) => {
+                eprintln!("SKIPPED {prefix}::{name}: {reason}");
+                libtest_mimic::Trial::test(name, test).with_kind("no server").with_ignored_flag(true)
+            }
+            Gate::Fail(reason) => {
+                let reason = reason.clone();
+                libtest_mimic::Trial::test(name, move || Err(reason.into()))
+            }
+        })
+        .collect()
+}

@@ -20,7 +20,7 @@ use futures::stream::FuturesUnordered;
 use payments_ports::domain::policy::{Disposition, Handling};
 use payments_ports::{
     DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink, Delivery, DeliverySource, RepositoryError,
-    SourceError,
+    SourceError, error_chain,
 };
 use rand::Rng;
 use serde::Serialize;
@@ -278,7 +278,7 @@ impl Consumer {
                         Processed::Stop { reason, retries } => {
                             summary.abandon(retries);
                             if !matches!(ending, Some(Ending::Stopped(_))) {
-                                tracing::error!(error = %chain(&reason), "stopping: no further deliveries are taken");
+                                tracing::error!(error = %error_chain(&reason), "stopping: no further deliveries are taken");
                                 ending = Some(Ending::Stopped(reason));
                                 give_up.send_replace(true);
                             }
@@ -335,7 +335,7 @@ impl Consumer {
                     }
                     retries += 1;
                     let delay = self.config.retry.delay(retries);
-                    tracing::warn!(error = %chain(&error), retry = retries, ?delay, origin = %delivery.receipt.origin(), "store unavailable, retrying");
+                    tracing::warn!(error = %error_chain(&error), retry = retries, ?delay, origin = %delivery.receipt.origin(), "store unavailable, retrying");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
                         _ = giving_up.wait_for(|&stop| stop) => return Processed::Abandoned { retries },
@@ -349,6 +349,18 @@ impl Consumer {
                 }
             }
         }
+    }
+}
+
+impl std::ops::AddAssign for Summary {
+    fn add_assign(&mut self, run: Self) {
+        self.deliveries += run.deliveries;
+        self.applied += run.applied;
+        self.duplicates += run.duplicates;
+        self.conflicts += run.conflicts;
+        self.invalid += run.invalid;
+        self.retries += run.retries;
+        self.unsettled += run.unsettled;
     }
 }
 
@@ -415,7 +427,7 @@ async fn read<S: DeliverySource>(
             Ok(None) => return,
             Err(err) if err.is_unavailable() => {
                 failures += 1;
-                tracing::warn!(error = %chain(&err), "message source unavailable, asking again");
+                tracing::warn!(error = %error_chain(&err), "message source unavailable, asking again");
                 tokio::time::sleep(retry.delay(failures)).await;
                 continue;
             }
@@ -427,18 +439,6 @@ async fn read<S: DeliverySource>(
             return;
         }
     }
-}
-
-/// An error with its sources, on one line.
-pub fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

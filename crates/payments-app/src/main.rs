@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
-use payments_app::consumer::{Consumer, ConsumerConfig, Ending, RetryPolicy, Run, Shutdown, Summary, chain};
+use payments_app::consumer::{Consumer, ConsumerConfig, Ending, RetryPolicy, Run, Shutdown, Summary};
 use payments_app::handler::Handler;
 use payments_app::simulate;
 use payments_app::source::lines::{DEFAULT_MAX_LINE, LinesSource};
@@ -205,7 +205,7 @@ fn report(run: &Run, format: Option<ReportFormat>) -> anyhow::Result<ExitCode> {
     };
     eprintln!("payments-app: {verb} {summary}");
     if let Ending::Stopped(reason) = ending {
-        eprintln!("payments-app: error: {}", chain(reason));
+        eprintln!("payments-app: error: {}", payments_ports::error_chain(reason));
         eprintln!("payments-app: nothing unsettled was acknowledged; run again to resume");
     }
     if let Some(ReportFormat::Json) = format {
@@ -285,12 +285,12 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
 
     eprintln!(
         "  consumer:  {} deliveries, {} applied, {} duplicates, {} conflicts, {} invalid, {} retries",
-        report.deliveries,
-        report.applied,
-        report.duplicates,
-        report.conflicts,
-        report.invalid,
-        report.retries
+        report.counts.deliveries,
+        report.counts.applied,
+        report.counts.duplicates,
+        report.counts.conflicts,
+        report.counts.invalid,
+        report.counts.retries
     );
     eprintln!(
         "  faults:    {} crashes ({} consumer restarts), {} redeliveries, {} concurrent duplicate deliveries",

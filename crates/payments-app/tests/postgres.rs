@@ -10,34 +10,16 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use libtest_mimic::{Arguments, Failed, Trial};
-use payments_adapter_postgres::testing::{self, Gate, TestSchema};
-
-type Test = fn() -> Result<(), Failed>;
+use libtest_mimic::{Arguments, Failed};
+use payments_adapter_postgres::testing::{self, Test, TestSchema};
 
 fn main() -> std::process::ExitCode {
-    let args = Arguments::from_args();
     let tests: [(&str, Test); 3] = [
         ("two_consumers_on_overlapping_inputs_record_each_payment_once", two_consumers),
         ("a_connection_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled", killed_connection),
         ("export_reads_a_postgres_store", export_reads_postgres),
     ];
-    let gate = runtime().block_on(testing::gate());
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| match &gate {
-            Gate::Run => Trial::test(name, test),
-            Gate::Skip(reason) => {
-                eprintln!("SKIPPED payments-app::postgres::{name}: {reason}");
-                Trial::test(name, test).with_kind("no server").with_ignored_flag(true)
-            }
-            Gate::Fail(reason) => {
-                let reason = reason.clone();
-                Trial::test(name, move || Err(reason.into()))
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    libtest_mimic::run(&Arguments::from_args(), testing::trials("payments-app::postgres", &tests)).exit_code()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

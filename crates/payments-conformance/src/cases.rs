@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use payments_ports::domain::{Amount, Payment, PaymentId, SaveOutcome};
-use payments_ports::{PaymentsRepository, RepositoryError, export_all};
+use payments_ports::{PaymentsRepository, RepositoryError, error_chain, export_all};
 use tokio::sync::Barrier;
 
 use crate::model::random_operation_sequences_match_a_btreemap_model;
@@ -95,15 +95,15 @@ fn numbered(i: usize) -> Payment {
 }
 
 async fn save(store: &dyn PaymentsRepository, payment: &Payment) -> SaveOutcome {
-    store.save(payment).await.unwrap_or_else(|err| panic!("saving {payment} failed: {}", chain(&err)))
+    store.save(payment).await.unwrap_or_else(|err| panic!("saving {payment} failed: {}", error_chain(&err)))
 }
 
 async fn get(store: &dyn PaymentsRepository, id: &PaymentId) -> Option<Payment> {
-    store.get(id).await.unwrap_or_else(|err| panic!("get {id} failed: {}", chain(&err)))
+    store.get(id).await.unwrap_or_else(|err| panic!("get {id} failed: {}", error_chain(&err)))
 }
 
 async fn count(store: &dyn PaymentsRepository) -> u64 {
-    store.count().await.unwrap_or_else(|err| panic!("count failed: {}", chain(&err)))
+    store.count().await.unwrap_or_else(|err| panic!("count failed: {}", error_chain(&err)))
 }
 
 /// Every recorded payment, through the export loop.
@@ -114,19 +114,8 @@ async fn export(store: &dyn PaymentsRepository) -> Vec<Payment> {
         Ok::<_, RepositoryError>(())
     })
     .await
-    .unwrap_or_else(|err| panic!("export failed: {}", chain(&err)));
+    .unwrap_or_else(|err| panic!("export failed: {}", error_chain(&err)));
     all
-}
-
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn assert_conflict(outcome: SaveOutcome, stored: &Payment, incoming: &Payment, sentence: &str) {
@@ -202,7 +191,7 @@ async fn saving_an_identical_payment_again_reports_duplicate_not_an_error(f: &Fi
             Err(err) => panic!(
                 "save number {attempt} of an identical payment must report duplicate, not an error \
                  (an error makes the broker redeliver it forever): {}",
-                chain(&err)
+                error_chain(&err)
             ),
         }
     }
@@ -389,7 +378,7 @@ async fn get_of_an_absent_id_returns_none(f: &Fixture) {
 async fn an_empty_store_counts_zero_and_lists_nothing(f: &Fixture) {
     let store = f.open().await;
     assert_eq!(count(store.as_ref()).await, 0, "an empty store must count zero");
-    let page = store.list(None, 10).await.unwrap_or_else(|err| panic!("list failed: {}", chain(&err)));
+    let page = store.list(None, 10).await.unwrap_or_else(|err| panic!("list failed: {}", error_chain(&err)));
     assert!(page.is_empty(), "an empty store must list nothing, got {page:?}");
 }
 
@@ -419,8 +408,10 @@ async fn list_pages_ascend_by_id_and_start_strictly_after_the_cursor(f: &Fixture
         let after = after.map(|id| payment(id, 1, "EUR").id);
         let store = Arc::clone(&store);
         async move {
-            let page =
-                store.list(after, limit).await.unwrap_or_else(|err| panic!("list failed: {}", chain(&err)));
+            let page = store
+                .list(after, limit)
+                .await
+                .unwrap_or_else(|err| panic!("list failed: {}", error_chain(&err)));
             page.into_iter().map(|p| p.id.to_string()).collect::<Vec<_>>()
         }
     };

@@ -22,3 +22,16 @@ pub use source::{Delivery, DeliverySource, Payload, Receipt, SourceError};
 
 /// Re-exported so that an adapter needs only this crate to implement the port.
 pub use payments_domain as domain;
+
+/// An error and all its sources on one line, `outer: inner: innermost`: for logs, reports and
+/// test failures, where the source chain is the part that says what actually went wrong.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,21 +1,15 @@
 //! The PostgreSQL adapter's own tests: migrations, and how failures are reported. `harness =
 //! false`, so that without a server each test is reported as skipped by name (failed under CI).
 
-// A test harness reports on stderr by design.
-#![allow(clippy::print_stderr)]
-
 use std::process::ExitCode;
 
-use libtest_mimic::{Arguments, Failed, Trial};
-use payments_adapter_postgres::testing::{self, Gate, TestSchema};
+use libtest_mimic::{Arguments, Failed};
+use payments_adapter_postgres::testing::{self, Test, TestSchema};
 use payments_adapter_postgres::{PostgresConfig, PostgresPaymentsRepository, SCHEMA_VERSION};
 use payments_ports::PaymentsRepository;
 use payments_ports::domain::{Payment, SaveOutcome};
 
-type Test = fn() -> Result<(), Failed>;
-
 fn main() -> ExitCode {
-    let args = Arguments::from_args();
     let tests: [(&str, Test); 6] = [
         ("migrations_are_idempotent_and_safe_when_instances_start_together", migrations_race),
         ("a_schema_newer_than_this_build_is_refused", newer_schema),
@@ -24,22 +18,7 @@ fn main() -> ExitCode {
         ("an_unreachable_server_is_unavailable", unreachable_server),
         ("a_save_held_up_past_the_timeout_is_unavailable_then_recorded_once", held_up),
     ];
-    let gate = runtime().block_on(testing::gate());
-    let trials = tests
-        .into_iter()
-        .map(|(name, test)| match &gate {
-            Gate::Run => Trial::test(name, test),
-            Gate::Skip(reason) => {
-                eprintln!("SKIPPED postgres::{name}: {reason}");
-                Trial::test(name, test).with_kind("no server").with_ignored_flag(true)
-            }
-            Gate::Fail(reason) => {
-                let reason = reason.clone();
-                Trial::test(name, move || Err(reason.into()))
-            }
-        })
-        .collect();
-    libtest_mimic::run(&args, trials).exit_code()
+    libtest_mimic::run(&Arguments::from_args(), testing::trials("postgres", &tests)).exit_code()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -63,22 +63,14 @@ pub struct Config {
 pub type Opener =
     Box<dyn Fn() -> Pin<Box<dyn Future<Output = anyhow::Result<Arc<dyn PaymentsRepository>>> + Send>>>;
 
-/// The counts of a simulation: the consumer's, the faults that fired, and the anomalies found.
+/// The counts of a simulation: the consumers', the faults that fired, and the anomalies found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Report {
-    /// Deliveries taken by the consumers.
-    pub deliveries: u64,
-    /// Payments recorded. Counted from the store, because a consumer torn down by a crash may
-    /// have applied a payment it never got to report; its redelivery is then a duplicate.
-    pub applied: u64,
-    /// Duplicates acknowledged.
-    pub duplicates: u64,
-    /// Conflicts dead-lettered.
-    pub conflicts: u64,
-    /// Invalid messages dead-lettered.
-    pub invalid: u64,
-    /// Retries because the store was unavailable.
-    pub retries: u64,
+    /// The consumers' counts over every run, in the JSON report's top level. Their `applied`
+    /// counts the payments recorded in the store: a consumer torn down by a crash may have applied
+    /// a payment it never got to report, and its redelivery then counted as a duplicate.
+    #[serde(flatten)]
+    pub counts: Summary,
     /// Valid payments not recorded.
     pub lost: u64,
     /// Payments applied twice, recorded twice, or overwritten.
@@ -115,10 +107,10 @@ impl Report {
         if config.duplicate_rate > 0.0 && self.concurrent_duplicates == 0 {
             silent.push("concurrent duplicates");
         }
-        if config.conflict_rate > 0.0 && self.conflicts == 0 {
+        if config.conflict_rate > 0.0 && self.counts.conflicts == 0 {
             silent.push("conflicts");
         }
-        if config.invalid_rate > 0.0 && self.invalid == 0 {
+        if config.invalid_rate > 0.0 && self.counts.invalid == 0 {
             silent.push("invalid messages");
         }
         silent
@@ -257,7 +249,7 @@ pub async fn run(
                 None
             }
         };
-        add(&mut total, &seen.lock().unwrap_or_else(PoisonError::into_inner));
+        total += *seen.lock().unwrap_or_else(PoisonError::into_inner);
         match ended {
             None => restarts += 1,
             Some(run) => match run.ending {
@@ -275,11 +267,7 @@ pub async fn run(
     let store = open().await.context("cannot open the store for the final check")?;
     let stats = broker.stats();
     let mut report = Report {
-        deliveries: total.deliveries,
-        duplicates: total.duplicates,
-        conflicts: total.conflicts,
-        invalid: total.invalid,
-        retries: total.retries,
+        counts: total,
         crashes: stats.crashes,
         restarts,
         redeliveries: stats.redeliveries,
@@ -293,16 +281,6 @@ pub async fn run(
 
 fn settled(summary: &Summary) -> u64 {
     summary.applied + summary.duplicates + summary.conflicts + summary.invalid
-}
-
-fn add(total: &mut Summary, run: &Summary) {
-    total.deliveries += run.deliveries;
-    total.applied += run.applied;
-    total.duplicates += run.duplicates;
-    total.conflicts += run.conflicts;
-    total.invalid += run.invalid;
-    total.retries += run.retries;
-    total.unsettled += run.unsettled;
 }
 
 /// Compares the store, the `New` outcomes and the dead letters with what was published.
@@ -328,7 +306,7 @@ async fn check(
     .await
     .context("cannot export the store for the check")?;
     report.lost = published.versions.keys().filter(|id| !recorded.contains_key(id)).count() as u64;
-    report.applied = recorded.len() as u64;
+    report.counts.applied = recorded.len() as u64;
 
     let news = news.lock().unwrap_or_else(PoisonError::into_inner);
     for (id, (first_new, times)) in news.iter() {
@@ -391,7 +369,10 @@ mod tests {
         let report = run(config(11), memory(), Arc::new(|_| {})).await.expect("simulation runs");
         assert_eq!(report.anomalies(), 0, "{report:?}");
         assert!(report.faults_that_did_not_fire(&config(11)).is_empty(), "{report:?}");
-        assert_eq!(report.applied, 2000, "each payment applied exactly once across every crash: {report:?}");
+        assert_eq!(
+            report.counts.applied, 2000,
+            "each payment applied exactly once across every crash: {report:?}"
+        );
     }
 
     #[test]
