@@ -91,22 +91,27 @@ impl Index {
             .map(|&slot| slot as usize)
     }
 
-    /// Adds `payment`, which must be absent, and returns its position.
-    ///
-    /// # Panics
-    ///
-    /// Beyond 4,294,967,295 payments, which a u32 slot cannot address.
-    pub(crate) fn push(&mut self, payment: &Payment) -> usize {
-        let position = self.entries.len();
-        let slot = u32::try_from(position).expect("the journal index holds at most u32::MAX payments");
-        let entry = Entry::new(self.ids.len(), payment);
-        self.ids.extend_from_slice(payment.id.as_bytes());
-        self.entries.push(entry);
+    /// Adds `payment` unless its ID is present, with one probe of the table: `Ok` with its new
+    /// position, or `Err` with the position of the payment already there.
+    pub(crate) fn insert_if_absent(&mut self, payment: &Payment) -> Result<usize, usize> {
         let hash = self.hasher.hash_one(payment.id.as_bytes());
+        let position = self.entries.len();
         let (ids, entries, hasher) = (&self.ids, &self.entries, &self.hasher);
-        self.table
-            .insert_unique(hash, slot, |&other| hasher.hash_one(&ids[entries[other as usize].id_range()]));
-        position
+        match self.table.entry(
+            hash,
+            |&slot| ids[entries[slot as usize].id_range()] == *payment.id.as_bytes(),
+            |&slot| hasher.hash_one(&ids[entries[slot as usize].id_range()]),
+        ) {
+            hashbrown::hash_table::Entry::Occupied(found) => Err(*found.get() as usize),
+            hashbrown::hash_table::Entry::Vacant(slot) => {
+                let position_slot =
+                    u32::try_from(position).expect("the journal index holds at most u32::MAX payments");
+                slot.insert(position_slot);
+                self.entries.push(Entry::new(self.ids.len(), payment));
+                self.ids.extend_from_slice(payment.id.as_bytes());
+                Ok(position)
+            }
+        }
     }
 
     /// The payment at `position`.
@@ -154,11 +159,12 @@ mod tests {
             .collect();
         for (position, payment) in payments.iter().enumerate() {
             assert_eq!(index.find(&payment.id), None);
-            assert_eq!(index.push(payment), position);
+            assert_eq!(index.insert_if_absent(payment), Ok(position));
         }
         for (position, payment) in payments.iter().enumerate() {
             assert_eq!(index.find(&payment.id), Some(position));
             assert_eq!(&index.payment(position), payment);
+            assert_eq!(index.insert_if_absent(payment), Err(position), "present: not inserted twice");
         }
         assert_eq!(index.find(&PaymentId::new("id-5000").expect("valid")), None);
         assert_eq!(index.len(), 5000);
@@ -169,7 +175,9 @@ mod tests {
         let payments = 100_000;
         let mut index = Index::with_capacity(0, 0);
         for i in 0..payments {
-            index.push(&Payment::parse(&format!("pay-{i:08}"), 100, "EUR").expect("valid"));
+            let inserted =
+                index.insert_if_absent(&Payment::parse(&format!("pay-{i:08}"), 100, "EUR").expect("valid"));
+            assert!(inserted.is_ok());
         }
         let (allocated, id_bytes) = index.memory();
         let per_payment = (allocated - id_bytes) as f64 / payments as f64;

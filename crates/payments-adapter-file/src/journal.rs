@@ -196,13 +196,12 @@ pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index
         }
         match format::parse(bytes) {
             Parsed::Payment(payment, len) => {
-                if index.find(&payment.id).is_some() {
+                if index.insert_if_absent(&payment).is_err() {
                     return Err(corrupt(
                         reader.offset(),
                         format!("payment {} is recorded a second time", payment.id),
                     ));
                 }
-                index.push(&payment);
                 reader.advance(len);
             }
             Parsed::Invalid(reason) => {

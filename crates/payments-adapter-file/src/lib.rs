@@ -280,8 +280,9 @@ impl PaymentsRepository for FilePaymentsRepository {
     async fn save(&self, payment: &Payment) -> Result<SaveOutcome, RepositoryError> {
         let (outcome, position) = {
             let mut state = self.state()?;
-            match state.index.find(&payment.id) {
-                Some(position) => {
+            // One probe of the index: the lookup and the insert are one step under the lock.
+            match state.index.insert_if_absent(payment) {
+                Err(position) => {
                     let outcome = if state.index.same_value(position, payment) {
                         SaveOutcome::Duplicate
                     } else {
@@ -294,8 +295,7 @@ impl PaymentsRepository for FilePaymentsRepository {
                     // Stored, but not synced yet: the answer holds only once it is.
                     (outcome, position)
                 }
-                None => {
-                    let position = state.index.push(payment);
+                Ok(position) => {
                     format::encode(payment, &mut state.queue);
                     let pending = self.shared.pending.fetch_add(1, Ordering::AcqRel) + 1;
                     // Wake a sleeping writer for the first record (to start its clock) and for the
