@@ -87,6 +87,26 @@ impl TestSchema {
         result
     }
 
+    /// Locks the schema's `payments` table (ACCESS EXCLUSIVE) from a session of its own until
+    /// released: saves that arrive meanwhile wait on it, mid-statement.
+    ///
+    /// # Errors
+    ///
+    /// The driver's error (for example, before any store has created the table).
+    pub async fn lock_payments(&self) -> Result<TableLock, tokio_postgres::Error> {
+        let (client, connection) = tokio_postgres::connect(&url(), NoTls).await?;
+        let driver = tokio::spawn(connection);
+        let lock = format!("BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE", self.name);
+        match client.batch_execute(&lock).await {
+            Ok(()) => Ok(TableLock { client, driver }),
+            Err(err) => {
+                drop(client);
+                let _ = driver.await;
+                Err(err)
+            }
+        }
+    }
+
     /// Removes the schema and everything in it.
     ///
     /// # Errors
@@ -94,6 +114,27 @@ impl TestSchema {
     /// The driver's error.
     pub async fn drop_schema(&self) -> Result<(), tokio_postgres::Error> {
         self.execute(&format!("DROP SCHEMA IF EXISTS \"{}\" CASCADE", self.name)).await
+    }
+}
+
+/// A lock held on a test schema's `payments` table; see [`TestSchema::lock_payments`].
+#[derive(Debug)]
+pub struct TableLock {
+    client: tokio_postgres::Client,
+    driver: tokio::task::JoinHandle<Result<(), tokio_postgres::Error>>,
+}
+
+impl TableLock {
+    /// Releases the lock and closes its session.
+    ///
+    /// # Errors
+    ///
+    /// The driver's error.
+    pub async fn release(self) -> Result<(), tokio_postgres::Error> {
+        let result = self.client.batch_execute("ROLLBACK").await;
+        drop(self.client);
+        let _ = self.driver.await;
+        result
     }
 }
 

@@ -126,23 +126,17 @@ fn killed_connection() -> Result<(), Failed> {
         );
         // Three rounds: hold the table locked so that saves are in flight, terminate the
         // instance's connections under them, release the lock. Then let it finish.
-        let lock = format!("BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE", schema.name());
         let mut kills = 0;
         while kills < 3 && !child_exited(&child) {
             std::thread::sleep(Duration::from_millis(200));
             runtime.block_on(async {
-                let (locker, connection) =
-                    tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
-                let driver = tokio::spawn(connection);
                 // The table exists once the instance has connected; until then, just wait.
-                if locker.batch_execute(&lock).await.is_ok() {
+                if let Ok(lock) = schema.lock_payments().await {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                     schema.execute(&terminate).await?;
-                    locker.batch_execute("ROLLBACK").await?;
+                    lock.release().await?;
                     kills += 1;
                 }
-                drop(locker);
-                let _ = driver.await;
                 Ok::<_, tokio_postgres::Error>(())
             })?;
         }

@@ -95,14 +95,7 @@ fn terminated_connection() -> Result<(), Failed> {
 
         // Hold the table locked from another session, so that the next save is mid-statement
         // (waiting on the lock) when its connection is terminated.
-        let (locker, connection) = tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(connection);
-        locker
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE",
-                schema.name()
-            ))
-            .await?;
+        let lock = schema.lock_payments().await?;
         let blocked = tokio::spawn({
             let store = std::sync::Arc::clone(&store);
             async move { store.save(&payment("after")).await }
@@ -114,9 +107,7 @@ fn terminated_connection() -> Result<(), Failed> {
             ))
             .await?;
         let interrupted = blocked.await?;
-        locker.batch_execute("ROLLBACK").await?;
-        drop(locker);
-        let _ = driver.await;
+        lock.release().await?;
         match interrupted {
             Err(err) => assert!(err.is_unavailable(), "a terminated connection is an outage to retry: {err}"),
             Ok(outcome) => {
@@ -149,20 +140,11 @@ fn held_up() -> Result<(), Failed> {
         let mut config = PostgresConfig::from_url(&schema.url())?;
         config.timeout = std::time::Duration::from_millis(300);
         let store = PostgresPaymentsRepository::connect(config).await?;
-        let (locker, connection) = tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls).await?;
-        let driver = tokio::spawn(connection);
-        locker
-            .batch_execute(&format!(
-                "BEGIN; LOCK TABLE \"{}\".payments IN ACCESS EXCLUSIVE MODE",
-                schema.name()
-            ))
-            .await?;
+        let lock = schema.lock_payments().await?;
         let err = store.save(&payment("held")).await.expect_err("the table is locked past the timeout");
         assert!(err.is_unavailable(), "a save that hangs is an outage to retry: {err}");
         assert!(err.to_string().contains("took longer than"), "{err}");
-        locker.batch_execute("ROLLBACK").await?;
-        drop(locker);
-        let _ = driver.await;
+        lock.release().await?;
         // The timed-out insert may or may not have gone through once the lock was released;
         // either way the retry records the payment exactly once.
         let retried = store.save(&payment("held")).await?;

@@ -63,59 +63,78 @@ async fn save_from_tasks(
     (start.elapsed(), all)
 }
 
+/// Rounds in which the raw loop and the store take turns: the disk's speed drifts from second to
+/// second, so the medians of alternating rounds compare like with like.
+const ROUNDS: usize = 5;
+
+/// `n` new saves from `tasks` savers against raw appends of `tasks` records per fdatasync.
+async fn new_saves(
+    dir: &Path,
+    store: &Arc<FilePaymentsRepository>,
+    n: usize,
+    tasks: usize,
+    scenario: &str,
+    baseline: &str,
+    target: f64,
+) -> Row {
+    let mut latencies = Latencies::with_capacity(n);
+    let (mut raw_rates, mut rates) = (Vec::new(), Vec::new());
+    for round in 0..ROUNDS {
+        raw_rates.push(raw_appends(dir, n / ROUNDS, tasks));
+        let payments: Arc<Vec<Payment>> =
+            Arc::new((round * n / ROUNDS..(round + 1) * n / ROUNDS).map(payment).collect());
+        let (elapsed, round_latencies) = save_from_tasks(store, &payments, tasks, SaveOutcome::New).await;
+        rates.push(rate(payments.len(), elapsed));
+        latencies.extend(round_latencies);
+    }
+    Row::new(
+        scenario,
+        median(&mut rates),
+        &mut latencies,
+        baseline,
+        Some(median(&mut raw_rates)),
+        Target::Ratio(target),
+        format!("{n} saves from {tasks} task(s), medians of {ROUNDS} alternating rounds"),
+    )
+}
+
 pub(crate) async fn run(scale: Scale) -> Vec<Row> {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut rows = Vec::new();
 
-    // One saver: every save waits for its own fdatasync. The disk's speed drifts from second to
-    // second, so the raw loop and the store take turns, five rounds each, and the medians count.
+    // One saver: every save waits for its own fdatasync.
     let n1 = scale.pick(5_000, 10_000);
-    let rounds = 5;
     let store = Arc::new(open(&dir.path().join("c1.journal")));
-    let mut latencies = Latencies::with_capacity(n1);
-    let (mut raw_rates, mut rates) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        raw_rates.push(raw_appends(dir.path(), n1 / rounds, 1));
-        let payments: Arc<Vec<Payment>> =
-            Arc::new((round * n1 / rounds..(round + 1) * n1 / rounds).map(payment).collect());
-        let (elapsed, round_latencies) = save_from_tasks(&store, &payments, 1, SaveOutcome::New).await;
-        rates.push(rate(payments.len(), elapsed));
-        latencies.extend(round_latencies);
-    }
-    rows.push(Row::new(
-        "file.save_new.c1",
-        median(&mut rates),
-        &mut latencies,
-        "raw append 64 B + fdatasync, one at a time",
-        Some(median(&mut raw_rates)),
-        Target::Ratio(0.8),
-        format!("{n1} saves, medians of {rounds} alternating rounds"),
-    ));
+    rows.push(
+        new_saves(
+            dir.path(),
+            &store,
+            n1,
+            1,
+            "file.save_new.c1",
+            "raw append 64 B + fdatasync, one at a time",
+            0.8,
+        )
+        .await,
+    );
     drop(store);
 
-    // 64 savers: group commit, in alternating rounds too.
+    // 64 savers: group commit.
     let n64 = scale.pick(128_000, 512_000);
     let store = Arc::new(open(&dir.path().join("c64.journal")));
-    let mut latencies = Latencies::with_capacity(n64);
-    let (mut raw_rates, mut rates) = (Vec::new(), Vec::new());
-    for round in 0..rounds {
-        raw_rates.push(raw_appends(dir.path(), n64 / rounds, 64));
-        let payments: Arc<Vec<Payment>> =
-            Arc::new((round * n64 / rounds..(round + 1) * n64 / rounds).map(payment).collect());
-        let (elapsed, round_latencies) = save_from_tasks(&store, &payments, 64, SaveOutcome::New).await;
-        rates.push(rate(payments.len(), elapsed));
-        latencies.extend(round_latencies);
-    }
-    rows.push(Row::new(
-        "file.save_new.c64",
-        median(&mut rates),
-        &mut latencies,
-        "raw group commit: 64 × 64 B per fdatasync",
-        Some(median(&mut raw_rates)),
-        Target::Ratio(0.5),
-        format!("{n64} saves from 64 tasks, medians of {rounds} alternating rounds"),
-    ));
-    let payments: Arc<Vec<Payment>> = Arc::new((0..n64 / rounds * rounds).map(payment).collect());
+    rows.push(
+        new_saves(
+            dir.path(),
+            &store,
+            n64,
+            64,
+            "file.save_new.c64",
+            "raw group commit: 64 × 64 B per fdatasync",
+            0.5,
+        )
+        .await,
+    );
+    let payments: Arc<Vec<Payment>> = Arc::new((0..n64 / ROUNDS * ROUNDS).map(payment).collect());
 
     // Duplicates from 64 savers: answered from memory.
     let (elapsed, mut latencies) = save_from_tasks(&store, &payments, 64, SaveOutcome::Duplicate).await;
