@@ -182,10 +182,8 @@ impl Shutdown {
 
     /// A shutdown that is never requested.
     pub fn never() -> Self {
-        let (trigger, shutdown) = Self::new();
-        // Keep the sender alive forever, so `requested` waits forever instead of ending.
-        std::mem::forget(trigger);
-        shutdown
+        // With its trigger dropped, `requested` waits forever: nothing needs to be kept alive.
+        Self::new().1
     }
 
     /// Whether shutdown has been asked for.

@@ -19,6 +19,9 @@
 //! - most kills must land mid-work (the store grew during the run, and the run had not finished),
 //!   or the test proved nothing.
 //!
+//! `PAYMENTS_CRASH_VERBOSE=1` prints each kill: its delay, whether the run was still going, and how
+//! many payments were recorded by then.
+//!
 //! `harness = false`: it is a program with options, and without a PostgreSQL server its
 //! PostgreSQL half reports itself skipped (failed under `CI=true`).
 
