@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use payments_adapter_file::fuzzing::{parse_record, read_journal};
+use payments_store_file::fuzzing::{parse_record, read_journal};
 
 fuzz_target!(|bytes: &[u8]| {
     if let Ok((payments, end)) = read_journal(bytes) {

@@ -1,19 +1,68 @@
-//! The architecture invariants of docs/ARCHITECTURE.md, checked from `cargo metadata`.
+//! The architecture invariants of docs/ARCHITECTURE.md, checked from `cargo metadata` and, for
+//! the one rule that is about modules rather than crates, from the app's sources.
 //!
 //! Each crate has a role, and each role may depend on a few others. A violation names the edge.
 
-use anyhow::bail;
+use std::path::Path;
+
+use anyhow::{Context as _, bail};
 
 use crate::metadata::{Kind, Member, Workspace};
+use crate::shell;
+
+/// The kinds of adapter, each found by its name prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AdapterKind {
+    /// `payments-store-*`: a `PaymentsRepository`.
+    Store,
+    /// `payments-source-*`: a `DeliverySource` (and, for a broker, its sink and publisher).
+    Source,
+    /// `payments-sink-*`: a `DeadLetterSink`.
+    Sink,
+}
+
+impl AdapterKind {
+    pub(crate) const ALL: [Self; 3] = [Self::Store, Self::Source, Self::Sink];
+
+    /// The crate name prefix that marks this kind.
+    pub(crate) const fn prefix(self) -> &'static str {
+        match self {
+            Self::Store => "payments-store-",
+            Self::Source => "payments-source-",
+            Self::Sink => "payments-sink-",
+        }
+    }
+
+    /// The kind's name, as `cargo xtask new-adapter --kind` and the matrix say it.
+    pub(crate) const fn name(self) -> &'static str {
+        match self {
+            Self::Store => "store",
+            Self::Source => "source",
+            Self::Sink => "sink",
+        }
+    }
+
+    /// The kind of the adapter crate `name`, if it is one.
+    pub(crate) fn of(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| name.starts_with(kind.prefix()))
+    }
+}
 
 /// What a workspace crate is, by its name.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
     Domain,
     Ports,
+    /// The use case: the handler and the consumer engine.
+    UseCase,
+    /// The in-process broker and the checks of `simulate`.
+    Simulator,
     Conformance,
-    /// A driven adapter (`payments-adapter-*`) or a driving one (`payments-source-*`).
+    /// What tests and benchmarks share; no adapter, no use case.
+    TestSupport,
+    /// A store, a source or a sink.
     Adapter,
+    /// The composition root.
     App,
     Xtask,
 }
@@ -23,31 +72,37 @@ impl Role {
         Some(match name {
             "payments-domain" => Self::Domain,
             "payments-ports" => Self::Ports,
+            "payments-consumer" => Self::UseCase,
+            "payments-simulator" => Self::Simulator,
             "payments-conformance" => Self::Conformance,
+            "payments-test-support" => Self::TestSupport,
             "payments-app" => Self::App,
             "xtask" => Self::Xtask,
-            _ if name.starts_with("payments-adapter-") || name.starts_with("payments-source-") => {
-                Self::Adapter
-            }
+            _ if AdapterKind::of(name).is_some() => Self::Adapter,
             _ => return None,
         })
     }
 
     /// Which workspace roles a crate of this role may depend on, by kind of dependency.
     fn may_depend_on(self, kind: Kind, target: Self) -> bool {
-        use Role::{Adapter, App, Conformance, Domain, Ports, Xtask};
+        use Role::{Adapter, App, Conformance, Domain, Ports, Simulator, TestSupport, UseCase, Xtask};
         match (self, kind) {
             // The core knows nothing of the outside.
-            (Domain, _) => false,
+            (Domain | TestSupport | Xtask, _) => false,
             (Ports, _) => target == Domain,
-            (Conformance, _) => matches!(target, Domain | Ports),
+            // The use case runs on the ports alone (the domain comes through them), and is tested
+            // with their doubles.
+            (UseCase, _) => target == Ports,
+            (Conformance, _) => matches!(target, Domain | Ports | TestSupport),
             // Adapters implement the ports; their tests run the conformance suite.
-            (Adapter, Kind::Dev) => matches!(target, Domain | Ports | Conformance),
-            (Adapter, _) => matches!(target, Domain | Ports),
+            (Adapter, Kind::Dev) => matches!(target, Ports | Conformance | TestSupport),
+            (Adapter, _) => target == Ports,
+            // The simulator drives the use case; its own tests may use a real store.
+            (Simulator, Kind::Dev) => matches!(target, Domain | Ports | UseCase | Adapter),
+            (Simulator, _) => matches!(target, Domain | Ports | UseCase),
             // Only the app wires adapters in.
             (App, Kind::Dev) => !matches!(target, App | Xtask),
-            (App, _) => matches!(target, Domain | Ports | Adapter),
-            (Xtask, _) => false,
+            (App, _) => matches!(target, Domain | Ports | UseCase | Simulator | Adapter),
         }
     }
 }
@@ -55,13 +110,16 @@ impl Role {
 /// Async runtimes the domain must not reach, even transitively.
 const RUNTIMES: &[&str] = &["tokio", "async-std", "smol", "async-executor", "futures-executor", "actix-rt"];
 
+/// The module of the app that may name adapters: the composition root's one place.
+const WIRING: &str = "crates/payments-app/src/adapters";
+
 /// Checks every invariant and reports all violations at once.
 pub(crate) fn check(workspace: &Workspace) -> anyhow::Result<()> {
     let mut violations = Vec::new();
     for member in workspace.members.values() {
         let Some(role) = Role::of(&member.name) else {
             violations.push(format!(
-                "{} has no architectural role: name it payments-adapter-* or payments-source-*, or give it a role in xtask/src/arch.rs",
+                "{} has no architectural role: name it payments-store-*, payments-source-* or payments-sink-*, or give it a role in xtask/src/arch.rs",
                 member.name
             ));
             continue;
@@ -76,6 +134,13 @@ pub(crate) fn check(workspace: &Workspace) -> anyhow::Result<()> {
             }
         }
     }
+    let adapters: Vec<String> = workspace
+        .members
+        .keys()
+        .filter(|name| AdapterKind::of(name).is_some())
+        .map(|name| name.replace('-', "_"))
+        .collect();
+    violations.extend(wiring_outside_its_module(&shell::root(), &adapters)?);
     if violations.is_empty() {
         eprintln!("architecture invariants hold for {} crates", workspace.members.len());
         Ok(())
@@ -94,7 +159,8 @@ fn check_edges(workspace: &Workspace, member: &Member, role: Role, violations: &
             continue;
         }
         let Some(target) = Role::of(dependency) else { continue };
-        if !role.may_depend_on(*kind, target) {
+        let adapters_apart = role == Role::Adapter && target == Role::Adapter;
+        if !role.may_depend_on(*kind, target) || adapters_apart {
             violations.push(format!(
                 "{} → {dependency} ({} dependency): a {role:?} crate must not depend on a {target:?} crate",
                 member.name,
@@ -102,6 +168,36 @@ fn check_edges(workspace: &Workspace, member: &Member, role: Role, violations: &
             ));
         }
     }
+}
+
+/// The app's source files outside [`WIRING`] that name an adapter crate (`payments_store_file`,
+/// ...): only the composition root's one module may.
+fn wiring_outside_its_module(root: &Path, adapters: &[String]) -> anyhow::Result<Vec<String>> {
+    let mut violations = Vec::new();
+    let mut pending = vec![root.join("crates/payments-app/src")];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+            let path = entry?.path();
+            let relative = path.strip_prefix(root).unwrap_or(&path).to_string_lossy().into_owned();
+            if relative.starts_with(WIRING) {
+                continue;
+            }
+            if path.is_dir() {
+                pending.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|ext| ext != "rs") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {relative}"))?;
+            for adapter in adapters.iter().filter(|adapter| text.contains(adapter.as_str())) {
+                violations.push(format!(
+                    "{relative} names {adapter}: only {WIRING}.rs, the composition root's one module, may"
+                ));
+            }
+        }
+    }
+    Ok(violations)
 }
 
 #[cfg(test)]
@@ -114,15 +210,63 @@ mod tests {
         assert!(!Domain.may_depend_on(Kind::Normal, Ports), "the domain depends on nothing of ours");
         assert!(Ports.may_depend_on(Kind::Normal, Domain));
         assert!(!Ports.may_depend_on(Kind::Normal, Adapter));
-        assert!(!Adapter.may_depend_on(Kind::Normal, Adapter), "adapters never depend on each other");
-        assert!(!Adapter.may_depend_on(Kind::Dev, Adapter), "not even in tests");
+        assert!(UseCase.may_depend_on(Kind::Normal, Ports));
+        assert!(!UseCase.may_depend_on(Kind::Normal, Domain), "the ports alone");
+        assert!(!Adapter.may_depend_on(Kind::Normal, TestSupport), "test support stays in tests");
+        assert!(!UseCase.may_depend_on(Kind::Normal, Adapter), "the use case names no adapter");
+        assert!(!UseCase.may_depend_on(Kind::Dev, Adapter), "not even in its tests");
         assert!(!Adapter.may_depend_on(Kind::Normal, App));
+        assert!(!Adapter.may_depend_on(Kind::Normal, UseCase), "adapters know the ports only");
         assert!(Adapter.may_depend_on(Kind::Dev, Conformance));
         assert!(!Conformance.may_depend_on(Kind::Dev, Adapter), "the suite knows no adapter");
         assert!(App.may_depend_on(Kind::Normal, Adapter), "only the app wires adapters in");
+        assert!(!Simulator.may_depend_on(Kind::Normal, Adapter), "the simulator is given its store");
         assert!(!Xtask.may_depend_on(Kind::Normal, Adapter));
-        assert_eq!(Role::of("payments-adapter-redis"), Some(Adapter));
+        assert_eq!(Role::of("payments-store-redis"), Some(Adapter));
         assert_eq!(Role::of("payments-source-nats"), Some(Adapter));
+        assert_eq!(Role::of("payments-sink-lines"), Some(Adapter));
         assert_eq!(Role::of("payments-utils"), None);
+    }
+
+    #[test]
+    fn adapters_never_depend_on_each_other() {
+        let member = Member {
+            name: "payments-source-redis".into(),
+            tests: vec![],
+            benches: vec![],
+            dependencies: vec![("payments-store-postgres".into(), Kind::Dev)],
+        };
+        let workspace = Workspace::from_members([
+            member,
+            Member {
+                name: "payments-store-postgres".into(),
+                tests: vec![],
+                benches: vec![],
+                dependencies: vec![],
+            },
+        ]);
+        let mut violations = Vec::new();
+        check_edges(&workspace, &workspace.members["payments-source-redis"], Role::Adapter, &mut violations);
+        assert_eq!(violations.len(), 1, "{violations:?}");
+        assert!(violations[0].contains("payments-source-redis → payments-store-postgres"), "{violations:?}");
+    }
+
+    #[test]
+    fn only_the_wiring_module_names_adapters() {
+        let root = std::env::temp_dir().join(format!("xtask-arch-{}", std::process::id()));
+        let src = root.join("crates/payments-app/src");
+        std::fs::create_dir_all(src.join("adapters")).expect("temp tree");
+        std::fs::write(src.join("adapters.rs"), "use payments_store_file::X;").expect("write");
+        std::fs::write(src.join("adapters/more.rs"), "use payments_store_file::Y;").expect("write");
+        std::fs::write(src.join("main.rs"), "use payments_store_memory::Z;").expect("write");
+        let found =
+            wiring_outside_its_module(&root, &["payments_store_file".into(), "payments_store_memory".into()]);
+        std::fs::remove_dir_all(&root).expect("clean up");
+        let found = found.expect("scan");
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with("crates/payments-app/src/main.rs names payments_store_memory"),
+            "{found:?}"
+        );
     }
 }

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::arch::AdapterKind;
 use crate::metadata::{Member, Workspace};
 use crate::shell;
 
@@ -66,14 +67,21 @@ pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The adapters to run: all of them, or the one named (`memory` or `payments-adapter-memory`).
+/// The kinds of adapter that have a conformance suite.
+const CERTIFIED: [AdapterKind; 1] = [AdapterKind::Store];
+
+/// Every adapter with a conformance suite, stores first.
+fn certified(workspace: &Workspace) -> impl Iterator<Item = &Member> {
+    CERTIFIED.into_iter().flat_map(|kind| workspace.adapters(kind))
+}
+
+/// The adapters to run: all of them, or the one named (`memory` or `payments-store-memory`).
 fn selected<'w>(workspace: &'w Workspace, only: Option<&str>) -> anyhow::Result<Vec<&'w Member>> {
-    let adapters: Vec<&Member> = workspace
-        .adapters()
+    let adapters: Vec<&Member> = certified(workspace)
         .filter(|a| only.is_none_or(|name| a.name == name || short_name(&a.name) == name))
         .collect();
     if adapters.is_empty() {
-        let known: Vec<&str> = workspace.adapters().map(|a| short_name(&a.name)).collect();
+        let known: Vec<&str> = certified(workspace).map(|a| short_name(&a.name)).collect();
         bail!("no adapter named {:?}; the adapters are: {}", only.unwrap_or(""), known.join(", "));
     }
     for adapter in &adapters {
@@ -87,8 +95,9 @@ fn selected<'w>(workspace: &'w Workspace, only: Option<&str>) -> anyhow::Result<
     Ok(adapters)
 }
 
+/// `payments-store-memory` → `memory`: the name an adapter's harness reports.
 fn short_name(crate_name: &str) -> &str {
-    crate_name.strip_prefix("payments-adapter-").unwrap_or(crate_name)
+    AdapterKind::of(crate_name).and_then(|kind| crate_name.strip_prefix(kind.prefix())).unwrap_or(crate_name)
 }
 
 #[derive(Default)]
@@ -125,19 +134,20 @@ pub(crate) fn print_matrix(
     }
 
     shell::section("conformance matrix");
-    eprintln!("{:<12} {:>7} {:>7} {:>8}", "adapter", "passed", "failed", "skipped");
+    eprintln!("{:<7} {:<12} {:>7} {:>7} {:>8}", "kind", "adapter", "passed", "failed", "skipped");
     let mut problems = Vec::new();
     for adapter in selected(workspace, only)? {
         let name = short_name(&adapter.name);
+        let kind = AdapterKind::of(&adapter.name).map_or("", AdapterKind::name);
         match rows.get(name) {
             Some(row) => eprintln!(
-                "{name:<12} {:>7} {:>7} {:>8}",
+                "{kind:<7} {name:<12} {:>7} {:>7} {:>8}",
                 row.passed.len(),
                 row.failed.len(),
                 row.skipped.len()
             ),
             None => {
-                eprintln!("{name:<12} {:>7} {:>7} {:>8}", "-", "-", "-");
+                eprintln!("{kind:<7} {name:<12} {:>7} {:>7} {:>8}", "-", "-", "-");
                 problems.push(format!(
                     "{} reported no conformance cases: does tests/{TEST_TARGET}.rs call payments_conformance::main?",
                     adapter.name

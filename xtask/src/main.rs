@@ -21,7 +21,7 @@ mod shell;
 
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
 
 const USAGE: &str = "\
 usage: cargo xtask <command>
@@ -97,7 +97,9 @@ fn no_more_args(rest: &[String]) -> anyhow::Result<()> {
     }
 }
 
-/// `cargo xtask bench [--quick] [--json PATH]`.
+/// `cargo xtask bench [--quick] [--json PATH]`: every crate's `scenarios` benchmark (stores and
+/// sources first, the app's end-to-end ones last), each writing its rows, then the criterion
+/// micro-benchmarks of the domain.
 fn bench(rest: &[String]) -> anyhow::Result<()> {
     let (mut quick, mut json) = (false, None);
     let mut args = rest.iter();
@@ -114,16 +116,53 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
             }
         }
     }
-    let mut scenarios = shell::cargo(&["bench", "-p", "payments-app", "--bench", "scenarios", "--"]);
-    let mut micro = shell::cargo(&["bench", "-p", "payments-domain", "--bench", "domain", "--"]);
-    if quick {
-        scenarios.arg("--quick");
-        micro.arg("--quick");
+    let workspace = metadata::Workspace::load()?;
+    let mut crates: Vec<&metadata::Member> =
+        workspace.members.values().filter(|m| m.benches.iter().any(|b| b == "scenarios")).collect();
+    crates.sort_by_key(|m| (arch::AdapterKind::of(&m.name).map_or(3, |kind| kind as u8), m.name.clone()));
+    let rows_dir = conformance::ReportDir::new()?;
+    let mut rows = Vec::new();
+    for member in crates {
+        let path = rows_dir.path().join(format!("{}.json", member.name));
+        let mut command = shell::cargo(&["bench", "-p", &member.name, "--bench", "scenarios", "--"]);
+        if quick {
+            command.arg("--quick");
+        }
+        command.arg("--json").arg(&path);
+        shell::step(&format!("benchmark scenarios: {}", member.name), &mut command)?;
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{} wrote no rows to {}", member.name, path.display()))?;
+        let produced: Vec<serde_json::Value> = serde_json::from_str(&text)
+            .with_context(|| format!("the rows of {} are not JSON", member.name))?;
+        rows.extend(produced);
+    }
+    shell::section("benchmark rows");
+    for row in &rows {
+        let number = |key: &str, digits: usize| {
+            row[key].as_f64().map_or_else(|| "-".to_owned(), |x| format!("{x:.digits$}"))
+        };
+        let met = match row["met"].as_bool() {
+            Some(true) => "yes",
+            Some(false) => "NO",
+            None => "-",
+        };
+        eprintln!(
+            "{:<30} {:>12} ops/s  ratio {:>6}  {:<18} {met}",
+            row["scenario"].as_str().unwrap_or_default(),
+            number("ops_per_sec", 0),
+            number("ratio", 2),
+            row["target"].as_str().unwrap_or_default(),
+        );
     }
     if let Some(path) = &json {
-        scenarios.arg("--json").arg(path);
+        let text = serde_json::to_string_pretty(&rows)?;
+        std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
     }
-    shell::step("benchmark scenarios", &mut scenarios)?;
+    let mut micro = shell::cargo(&["bench", "-p", "payments-domain", "--bench", "domain", "--"]);
+    if quick {
+        micro.arg("--quick");
+    }
     shell::step("micro-benchmarks (criterion)", &mut micro)
 }
 

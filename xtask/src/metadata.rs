@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+use crate::arch::AdapterKind;
 use crate::shell;
 
 /// The kind of a dependency edge.
@@ -31,6 +32,8 @@ pub(crate) struct Member {
     pub(crate) name: String,
     /// Names of its test targets.
     pub(crate) tests: Vec<String>,
+    /// Names of its benchmark targets.
+    pub(crate) benches: Vec<String>,
     /// Its declared dependencies: (name, kind).
     pub(crate) dependencies: Vec<(String, Kind)>,
 }
@@ -72,13 +75,16 @@ impl Workspace {
         for package in packages.iter().filter(|p| p["id"].as_str().is_some_and(|id| member_ids.contains(id)))
         {
             let name = package["name"].as_str().context("a package without a name")?.to_owned();
-            let tests = package["targets"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == "test")))
-                .filter_map(|t| t["name"].as_str().map(str::to_owned))
-                .collect();
+            let targets = |kind: &str| -> Vec<String> {
+                package["targets"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|t| t["kind"].as_array().is_some_and(|k| k.iter().any(|k| k == kind)))
+                    .filter_map(|t| t["name"].as_str().map(str::to_owned))
+                    .collect()
+            };
+            let (tests, benches) = (targets("test"), targets("bench"));
             let dependencies = package["dependencies"]
                 .as_array()
                 .into_iter()
@@ -93,7 +99,7 @@ impl Workspace {
                     Some((d["name"].as_str()?.to_owned(), kind))
                 })
                 .collect();
-            members.insert(name.clone(), Member { name, tests, dependencies });
+            members.insert(name.clone(), Member { name, tests, benches, dependencies });
         }
 
         // The resolved graph: for each member, every package reachable through normal edges.
@@ -129,8 +135,17 @@ impl Workspace {
         self.runtime_closure.get(member).into_iter().flatten().map(String::as_str)
     }
 
-    /// The adapter crates: members named `payments-adapter-*`, found without a hand-kept list.
-    pub(crate) fn adapters(&self) -> impl Iterator<Item = &Member> {
-        self.members.values().filter(|m| m.name.starts_with("payments-adapter-"))
+    /// The adapter crates of one kind (`payments-store-*`, ...), found without a hand-kept list.
+    pub(crate) fn adapters(&self, kind: AdapterKind) -> impl Iterator<Item = &Member> {
+        self.members.values().filter(move |m| AdapterKind::of(&m.name) == Some(kind))
+    }
+
+    /// A workspace of these members only, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_members(members: impl IntoIterator<Item = Member>) -> Self {
+        Self {
+            members: members.into_iter().map(|m| (m.name.clone(), m)).collect(),
+            runtime_closure: BTreeMap::new(),
+        }
     }
 }

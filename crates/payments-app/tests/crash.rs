@@ -28,13 +28,17 @@
 // A test harness reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use payments_adapter_postgres::testing::{self, Gate, TestSchema};
+use payments_test_support::Gate;
+use payments_test_support::postgres::{self as pg, TestSchema};
+use support::app;
 
 /// What to run.
 struct Options {
@@ -100,7 +104,7 @@ fn main() -> ExitCode {
 
 fn postgres(options: &Options) -> Result<String, String> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    match runtime.block_on(testing::gate()) {
+    match runtime.block_on(pg::gate()) {
         Gate::Run => {}
         Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
         Gate::Fail(reason) => return Err(reason),
@@ -108,7 +112,7 @@ fn postgres(options: &Options) -> Result<String, String> {
     let schema = TestSchema::new("crash");
     let dir = tempfile::tempdir().expect("temp dir");
     let (client, connection) = runtime
-        .block_on(tokio_postgres::connect(&testing::url(), tokio_postgres::NoTls))
+        .block_on(tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls))
         .map_err(|e| e.to_string())?;
     runtime.spawn(connection);
     let count = format!("SELECT count(*) FROM \"{}\".payments", schema.name());
@@ -196,12 +200,6 @@ fn input(payments: usize) -> Input {
         carries.push((id, amount));
     }
     Input { lines, carries, first, conflicting }
-}
-
-fn app(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payments-app"));
-    command.args(args).current_dir(dir).stdin(Stdio::null());
-    command
 }
 
 /// Every recorded payment: ID → amounts (more than one would be a duplicated effect).

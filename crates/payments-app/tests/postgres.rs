@@ -5,21 +5,24 @@
 // A test harness reports on stderr by design.
 #![allow(clippy::print_stderr)]
 
+mod support;
+
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed};
-use payments_adapter_postgres::testing::{self, Test, TestSchema};
+use payments_test_support::postgres::{self as pg, TestSchema};
+use support::app;
 
 fn main() -> std::process::ExitCode {
-    let tests: [(&str, Test); 3] = [
-        ("two_consumers_on_overlapping_inputs_record_each_payment_once", two_consumers),
-        ("a_connection_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled", killed_connection),
-        ("export_reads_a_postgres_store", export_reads_postgres),
+    let tests = payments_test_support::tests![
+        two_consumers_on_overlapping_inputs_record_each_payment_once,
+        a_connection_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled,
+        export_reads_a_postgres_store,
     ];
-    libtest_mimic::run(&Arguments::from_args(), testing::trials("payments-app::postgres", &tests)).exit_code()
+    libtest_mimic::run(&Arguments::from_args(), pg::trials("payments-app::postgres", tests)).exit_code()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -38,12 +41,6 @@ fn with_schema(
     let cleanup = runtime().block_on(schema.drop_schema());
     let result = result.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
     result.and(cleanup.map_err(|err| Failed::from(format!("dropping schema {}: {err}", schema.name()))))
-}
-
-fn app(dir: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_payments-app"));
-    command.args(args).current_dir(dir).stdin(Stdio::null());
-    command
 }
 
 fn line(i: u64) -> String {
@@ -81,7 +78,7 @@ fn expected_export(ids: impl Iterator<Item = u64>) -> Vec<String> {
 
 /// Two instances consume overlapping inputs (0..6000 and 4000..10000, each twice over) into one
 /// schema at the same time: each payment is recorded once, and their applied counts add up.
-fn two_consumers() -> Result<(), Failed> {
+fn two_consumers_on_overlapping_inputs_record_each_payment_once() -> Result<(), Failed> {
     with_schema("two_consumers", |schema, dir| {
         let store = schema.url();
         let first = write_input(dir, "first.jsonl", (0..6000).chain((0..6000).rev()));
@@ -108,7 +105,7 @@ fn two_consumers() -> Result<(), Failed> {
 
 /// While an instance consumes, its connections are terminated (`pg_terminate_backend`), again and
 /// again: it retries, finishes, and the store holds each payment once.
-fn killed_connection() -> Result<(), Failed> {
+fn a_connection_killed_mid_run_is_retried_and_nothing_is_lost_or_doubled() -> Result<(), Failed> {
     with_schema("killed", |schema, dir| {
         let application = format!("e2e_{}", schema.name());
         let store = format!("{}&application_name={application}", schema.url());
@@ -160,7 +157,7 @@ fn child_exited(child: &std::process::Child) -> bool {
         .map_or(true, |stat| stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z')))
 }
 
-fn export_reads_postgres() -> Result<(), Failed> {
+fn export_reads_a_postgres_store() -> Result<(), Failed> {
     with_schema("export", |schema, dir| {
         let store = schema.url();
         let input = write_input(dir, "input.jsonl", [3, 1, 2, 1].into_iter());

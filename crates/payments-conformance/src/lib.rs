@@ -5,7 +5,7 @@
 //! test file of a few lines:
 //!
 //! ```no_run
-//! // crates/payments-adapter-memory/tests/conformance.rs, with `harness = false` in Cargo.toml
+//! // crates/payments-store-memory/tests/conformance.rs, with `harness = false` in Cargo.toml
 //! # struct MemoryHarness;
 //! # #[async_trait::async_trait]
 //! # impl payments_conformance::Harness for MemoryHarness {

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use libtest_mimic::{Arguments, Failed, Trial};
+use payments_test_support::under_ci;
 use serde::Serialize;
 
 use crate::cases::{Case, all_cases};
@@ -100,11 +101,6 @@ fn runtime() -> tokio::runtime::Runtime {
         .enable_all()
         .build()
         .unwrap_or_else(|err| panic!("cannot start a tokio runtime for the conformance suite: {err}"))
-}
-
-/// Whether this run is under continuous integration, where a case that cannot run is a failure.
-fn under_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && !v.eq_ignore_ascii_case("false"))
 }
 
 /// The entry point of an adapter's conformance test binary (`harness = false`): runs every case as

@@ -84,6 +84,18 @@ pub trait PaymentsRepository: Send + Sync {
     ///
     /// When the backend fails.
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError>;
+
+    /// Finishes what the store has accepted and releases what it holds (a writer thread, a pool,
+    /// a background batcher), without blocking the async runtime. Called once, when the caller is
+    /// done with the store; a call after it fails with [`RepositoryError::Failed`]. `Drop` is the
+    /// fallback, not the plan. The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// When something accepted could not be finished.
+    async fn close(&self) -> Result<(), RepositoryError> {
+        Ok(())
+    }
 }
 
 /// Why a repository call failed. A duplicate or a conflict is never one of these.

@@ -2,12 +2,13 @@
 //! each one ([`Receipt`]).
 //!
 //! A broker adapter (Redis Streams, NATS JetStream, RabbitMQ, a JSON-lines file) implements these
-//! two traits and nothing else; the consumer in `payments-app` decides what to do with each
+//! two traits and nothing else; the consumer in `payments-consumer` decides what to do with each
 //! delivery. The shape follows what every at-least-once broker has in common: a message body, how
 //! many times it has been delivered, and a way to say "done" — or to say nothing, in which case it
 //! comes back.
 
 use std::fmt;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -59,12 +60,29 @@ pub trait Receipt: Send + Sync + fmt::Debug {
     /// that is lost makes the source redeliver the message, and the handler answers that with a
     /// duplicate. So a failure here is logged by the adapter, not returned.
     fn ack(self: Box<Self>);
+
+    /// How long the source keeps this delivery from every other consumer without hearing about
+    /// it: a claim timeout, an `ack_wait`. `None` (the default) when it keeps it for as long as
+    /// the connection lives.
+    ///
+    /// A consumer that holds a delivery longer (a store retry can last a minute) calls
+    /// [`renew`](Self::renew) well within this time.
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+
+    /// Renews the lease: the consumer still holds this delivery, so it must not go to another
+    /// consumer yet. Like `ack`, it may only enqueue the request. The default does nothing.
+    fn renew(&self) {}
 }
 
 /// Where deliveries come from.
 ///
-/// `next` is awaited from one task at a time, and the consumer never cancels it half-way: an
-/// adapter may keep partial reads in `self` without worrying about cancel safety.
+/// `next` is awaited from one task at a time. On a graceful stop the consumer drops a pending
+/// `next` (so a broker waiting for messages does not hold the stop up), settles what it holds,
+/// then calls [`close`](Self::close): dropping `next` half-way MUST lose nothing, that is, a
+/// message it had already taken from the broker is delivered again later, like any message whose
+/// receipt was dropped.
 #[async_trait]
 pub trait DeliverySource: Send {
     /// The next delivery; `None` when the source is exhausted (the end of a file). A broker
@@ -75,6 +93,30 @@ pub trait DeliverySource: Send {
     /// [`SourceError::Unavailable`] when the broker cannot be reached now (the consumer waits and
     /// asks again), [`SourceError::Failed`] when reading cannot go on (the consumer stops).
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError>;
+
+    /// Sends the acknowledgements enqueued so far, gives back what it holds unhanded (so that it
+    /// is delivered again at once rather than after a timeout) and releases its connections.
+    /// Called once, after every receipt was settled or dropped. The default does nothing.
+    ///
+    /// # Errors
+    ///
+    /// When acknowledgements could not be sent: harmless for correctness (their messages come
+    /// again, as duplicates), but worth a warning.
+    async fn close(&mut self) -> Result<(), SourceError> {
+        Ok(())
+    }
+}
+
+/// A source chosen at run time is a source too, so that one consumer loop runs them all.
+#[async_trait]
+impl DeliverySource for Box<dyn DeliverySource> {
+    async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        (**self).next().await
+    }
+
+    async fn close(&mut self) -> Result<(), SourceError> {
+        (**self).close().await
+    }
 }
 
 /// Why a source could not produce the next delivery.
@@ -102,6 +144,16 @@ pub enum SourceError {
 }
 
 impl SourceError {
+    /// A [`Failed`](Self::Failed) error without a source.
+    pub fn failed(message: impl Into<String>) -> Self {
+        Self::Failed { message: message.into(), source: None }
+    }
+
+    /// An [`Unavailable`](Self::Unavailable) error without a source.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable { message: message.into(), source: None }
+    }
+
     /// A [`Failed`](Self::Failed) error caused by `source`.
     pub fn failed_because(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Failed { message: message.into(), source: Some(source.into()) }

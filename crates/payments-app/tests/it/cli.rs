@@ -12,17 +12,20 @@ fn documented_counts() -> serde_json::Value {
 #[test]
 fn the_example_input_gives_the_documented_counts_at_any_concurrency() {
     for concurrency in ["1", "7", "64"] {
-        let output = run(app(&[
-            "consume",
-            "--store",
-            "memory",
-            "--input",
-            "examples/payments.jsonl",
-            "--concurrency",
-            concurrency,
-            "--report",
-            "json",
-        ]));
+        let output = run(app(
+            &root(),
+            &[
+                "consume",
+                "--store",
+                "memory",
+                "--input",
+                "examples/payments.jsonl",
+                "--concurrency",
+                concurrency,
+                "--report",
+                "json",
+            ],
+        ));
         assert_eq!(report(&output), documented_counts(), "concurrency {concurrency}");
         let stderr = stderr(&output);
         assert!(
@@ -35,14 +38,16 @@ fn the_example_input_gives_the_documented_counts_at_any_concurrency() {
 #[test]
 fn reads_stdin_when_the_input_is_a_dash() {
     let input = std::fs::read(root().join("examples/payments.jsonl")).expect("example input");
-    let output =
-        run_with_stdin(app(&["consume", "--store", "memory", "--input", "-", "--report", "json"]), &input);
+    let output = run_with_stdin(
+        app(&root(), &["consume", "--store", "memory", "--input", "-", "--report", "json"]),
+        &input,
+    );
     assert_eq!(report(&output), documented_counts());
 }
 
 #[test]
 fn dead_letters_of_the_memory_store_go_to_stderr_as_json_lines() {
-    let output = run(app(&["consume", "--store", "memory", "--input", "examples/payments.jsonl"]));
+    let output = run(app(&root(), &["consume", "--store", "memory", "--input", "examples/payments.jsonl"]));
     assert!(output.status.success());
     let letters: Vec<serde_json::Value> =
         stderr(&output).lines().filter_map(|line| serde_json::from_str(line).ok()).collect();
@@ -58,7 +63,7 @@ fn dead_letters_of_the_memory_store_go_to_stderr_as_json_lines() {
 #[test]
 fn bad_arguments_fail_with_a_message_that_names_them() {
     let check = |args: &[&str], expected: &str| {
-        let output = run(app(args));
+        let output = run(app(&root(), args));
         assert!(!output.status.success(), "{args:?} must fail");
         let stderr = stderr(&output);
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in: {stderr}");
@@ -75,5 +80,7 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
     );
     check(&["consume", "--report", "xml"], "invalid value 'xml'");
     check(&["export", "--store", "file:"], "`file:` needs a path");
+    check(&["simulate", "--crash-rate", "0.9"], "0.9 is above 0.5: the run might never end");
+    check(&["simulate", "--duplicate-rate", "often"], "`often` is not a number");
     check(&["frobnicate"], "unrecognized subcommand");
 }

@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 
-use crate::support::{app_in, report, run, stderr};
+use crate::support::{app, report, run, stderr};
 
 fn good(id: &str, amount: u64) -> String {
     format!(r#"{{"payment_id": "{id}", "amount": {amount}, "currency": "EUR"}}"#)
 }
 
 fn export(dir: &std::path::Path, store: &str) -> String {
-    let output = run(app_in(dir, &["export", "--store", store]));
+    let output = run(app(dir, &["export", "--store", store]));
     assert!(output.status.success(), "{}", stderr(&output));
     String::from_utf8(output.stdout).expect("the export is UTF-8")
 }
@@ -37,7 +37,7 @@ fn duplicates_and_conflicts_are_counted_exactly_and_the_export_equals_one_clean_
     std::fs::write(&path, input.join("\n") + "\n").expect("write input");
 
     let store = format!("file:{}", dir.path().join("p.journal").display());
-    let counts = report(&run(app_in(
+    let counts = report(&run(app(
         dir.path(),
         &["consume", "--store", &store, "--input", &path.display().to_string(), "--report", "json"],
     )));
@@ -54,7 +54,7 @@ fn duplicates_and_conflicts_are_counted_exactly_and_the_export_equals_one_clean_
     let clean: Vec<String> = (0..2000u64).map(|i| good(&format!("pay-{i:05}"), 100 + i)).collect();
     std::fs::write(&clean_input, clean.join("\n") + "\n").expect("write clean input");
     let clean_store = format!("file:{}", dir.path().join("clean.journal").display());
-    let clean_run = run(app_in(
+    let clean_run = run(app(
         dir.path(),
         &[
             "consume",
@@ -170,7 +170,7 @@ fn every_malformed_line_is_dead_lettered_with_its_reason_and_the_good_lines_arou
     let letters = dir.path().join("dead.jsonl");
     let store = format!("file:{}", dir.path().join("p.journal").display());
 
-    let counts = report(&run(app_in(
+    let counts = report(&run(app(
         dir.path(),
         &[
             "consume",
@@ -224,7 +224,7 @@ fn sigterm_mid_run_exits_zero_and_running_again_gives_the_export_of_one_clean_ru
     let store = format!("file:{}", journal.display());
     let input = path.display().to_string();
 
-    let child = app_in(dir.path(), &["consume", "--store", &store, "--input", &input, "--report", "json"])
+    let child = app(dir.path(), &["consume", "--store", &store, "--input", &input, "--report", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -247,10 +247,10 @@ fn sigterm_mid_run_exits_zero_and_running_again_gives_the_export_of_one_clean_ru
     assert_eq!(first["unsettled"], 0, "in-flight deliveries are finished, not dropped: {first}");
 
     // Run again to the end: the same final state as one clean run.
-    let again = run(app_in(dir.path(), &["consume", "--store", &store, "--input", &input]));
+    let again = run(app(dir.path(), &["consume", "--store", &store, "--input", &input]));
     assert!(again.status.success(), "{}", stderr(&again));
     let clean_store = format!("file:{}", dir.path().join("clean.journal").display());
-    let clean = run(app_in(dir.path(), &["consume", "--store", &clean_store, "--input", &input]));
+    let clean = run(app(dir.path(), &["consume", "--store", &clean_store, "--input", &input]));
     assert!(clean.status.success());
     let (resumed, once) = (export(dir.path(), &store), export(dir.path(), &clean_store));
     assert_eq!(resumed.lines().count(), 150_000);

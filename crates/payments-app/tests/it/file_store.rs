@@ -3,12 +3,12 @@
 
 use std::process::Stdio;
 
-use crate::support::{app_in, example, report, run, stderr};
+use crate::support::{app, example, report, run, stderr};
 
 #[test]
 fn without_store_the_journal_in_data_is_used_and_remembers_across_runs() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let consume = || run(app_in(dir.path(), &["consume", "--input", &example(), "--report", "json"]));
+    let consume = || run(app(dir.path(), &["consume", "--input", &example(), "--report", "json"]));
 
     let first = report(&consume());
     assert_eq!(first["applied"], 4, "{first}");
@@ -24,7 +24,7 @@ fn without_store_the_journal_in_data_is_used_and_remembers_across_runs() {
         serde_json::json!({"deliveries": 12, "applied": 0, "duplicates": 7, "conflicts": 1, "invalid": 4, "retries": 0, "unsettled": 0})
     );
 
-    let export = run(app_in(dir.path(), &["export"]));
+    let export = run(app(dir.path(), &["export"]));
     assert!(export.status.success(), "{}", stderr(&export));
     assert_eq!(
         String::from_utf8_lossy(&export.stdout),
@@ -51,11 +51,11 @@ fn without_store_the_journal_in_data_is_used_and_remembers_across_runs() {
 fn an_export_can_be_consumed_again_as_pure_duplicates() {
     let dir = tempfile::tempdir().expect("temp dir");
     let store = format!("file:{}", dir.path().join("p.journal").display());
-    assert!(run(app_in(dir.path(), &["consume", "--store", &store, "--input", &example()])).status.success());
-    let export = run(app_in(dir.path(), &["export", "--store", &store]));
+    assert!(run(app(dir.path(), &["consume", "--store", &store, "--input", &example()])).status.success());
+    let export = run(app(dir.path(), &["export", "--store", &store]));
     let exported = dir.path().join("export.jsonl");
     std::fs::write(&exported, &export.stdout).expect("write export");
-    let again = report(&run(app_in(
+    let again = report(&run(app(
         dir.path(),
         &["consume", "--store", &store, "--input", &exported.display().to_string(), "--report", "json"],
     )));
@@ -69,7 +69,7 @@ fn a_second_consumer_on_the_same_journal_is_refused_clearly() {
     let journal = dir.path().join("p.journal");
     let store = format!("file:{}", journal.display());
     // The first consumer waits on its stdin, holding the journal open.
-    let mut first = app_in(dir.path(), &["consume", "--store", &store, "--input", "-"])
+    let mut first = app(dir.path(), &["consume", "--store", &store, "--input", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -80,7 +80,7 @@ fn a_second_consumer_on_the_same_journal_is_refused_clearly() {
     while !journal.exists() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    let second = run(app_in(dir.path(), &["consume", "--store", &store, "--input", &example()]));
+    let second = run(app(dir.path(), &["consume", "--store", &store, "--input", &example()]));
     drop(first.stdin.take());
     assert!(first.wait().expect("first consumer ends").success());
     assert!(!second.status.success(), "the second consumer must not run");

@@ -4,4 +4,5 @@ mod cli;
 mod consume;
 mod file_store;
 mod simulate;
+#[path = "../support/mod.rs"]
 mod support;

@@ -1,0 +1,469 @@
+//! A [`PaymentsRepository`] on PostgreSQL: one store that many consumer instances share.
+//!
+//! - **One atomic statement per save.** `INSERT … ON CONFLICT (payment_id) DO NOTHING RETURNING`
+//!   records a payment unless its ID is present; when nothing was inserted, the stored row is read
+//!   and the domain rule decides duplicate or conflict. A row is never updated.
+//! - **Group commit for the database.** Saves that arrive while earlier ones are in flight are
+//!   batched into one multi-row statement (`unnest` of three arrays), so 64 concurrent savers cost
+//!   a handful of round trips and commits instead of 64.
+//! - **A versioned schema** is created on connect by embedded migrations, under an advisory lock,
+//!   so that instances starting at the same moment do not trip over each other. The schema name is
+//!   configurable (`?schema=name` in the URL, default `payments`).
+//! - **Errors mapped for the consumer**: connection refused or reset, a pool timeout, an
+//!   administrator shutdown, a serialization failure are [`RepositoryError::Unavailable`] (retried);
+//!   anything else is [`RepositoryError::Failed`], with the driver's error as its source.
+//!
+//! The driver is tokio-postgres with a deadpool pool; see docs/adr/0002-postgres-driver.md.
+
+mod batch;
+mod errors;
+mod migrate;
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use payments_ports::domain::{Amount, Currency, Payment, PaymentId, SaveOutcome};
+use payments_ports::{PaymentsRepository, RepositoryError};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_postgres::NoTls;
+use tokio_util::sync::CancellationToken;
+
+pub use crate::migrate::SCHEMA_VERSION;
+
+/// Why a PostgreSQL URL cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The schema name is not a plain lowercase identifier.
+    #[error(
+        "invalid schema name {0:?}: use 1 to 63 lowercase letters, digits or underscores, not starting with a digit"
+    )]
+    SchemaName(String),
+    /// The driver does not accept the URL or one of its parameters.
+    #[error("invalid PostgreSQL URL")]
+    Url(#[source] tokio_postgres::Error),
+}
+
+/// A schema name: lowercase letters, digits and underscores, starting with a letter or
+/// underscore, at most 63 bytes. Checked, then quoted wherever it appears in SQL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SchemaName(String);
+
+impl SchemaName {
+    /// Checks `name`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::SchemaName`] when it is not a plain lowercase identifier.
+    pub fn new(name: &str) -> Result<Self, ConfigError> {
+        let valid = !name.is_empty()
+            && name.len() <= 63
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+        if valid { Ok(Self(name.to_owned())) } else { Err(ConfigError::SchemaName(name.to_owned())) }
+    }
+
+    /// The name as it is.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name quoted for SQL.
+    fn quoted(&self) -> String {
+        // Validated above: no quote can appear inside.
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Display for SchemaName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How to reach the database: parsed from a URL, adjusted with the `with_*` methods.
+#[derive(Clone)]
+pub struct PostgresConfig {
+    connection: tokio_postgres::Config,
+    schema: SchemaName,
+    /// Connections in the pool: the batches in flight, plus room for reads and migrations.
+    pool_size: usize,
+    /// How long a call waits for a connection from the pool before it counts as unavailable.
+    wait_timeout: Duration,
+    /// How long one call may take in all before it counts as unavailable (and is retried): a
+    /// statement that hangs on a silent network must not hold its saves forever.
+    timeout: Duration,
+    /// Batches in flight at once, each on its own connection: enough to keep the server busy while
+    /// one batch's round trip is on the wire, few enough to leave it room for other clients.
+    batches_in_flight: usize,
+    /// The most saves in one statement; larger batches gain little and hold locks longer.
+    max_batch: usize,
+}
+
+impl fmt::Debug for PostgresConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // tokio_postgres::Config's Debug redacts the password.
+        f.debug_struct("PostgresConfig")
+            .field("connection", &self.connection)
+            .field("schema", &self.schema)
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresConfig {
+    /// Parses a `postgres://` URL. A `schema=<name>` query parameter picks the schema (default
+    /// `payments`); every other parameter is the driver's (`connect_timeout`, `application_name`,
+    /// ...). Without a `connect_timeout`, connecting gives up after 5 s.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError`]: what is wrong with the URL or the schema name.
+    pub fn from_url(url: &str) -> Result<Self, ConfigError> {
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = SchemaName::new("payments")?;
+        let mut rest = Vec::new();
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            match pair.strip_prefix("schema=") {
+                Some(name) => schema = SchemaName::new(name)?,
+                None => rest.push(pair),
+            }
+        }
+        let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
+        let mut connection = tokio_postgres::Config::from_str(&url).map_err(ConfigError::Url)?;
+        if connection.get_application_name().is_none() {
+            connection.application_name("payments-app");
+        }
+        if connection.get_connect_timeout().is_none() {
+            connection.connect_timeout(Duration::from_secs(5));
+        }
+        Ok(Self {
+            connection,
+            schema,
+            pool_size: 16,
+            wait_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(30),
+            batches_in_flight: 4,
+            max_batch: 512,
+        })
+    }
+
+    /// The schema the store lives in.
+    pub fn schema(&self) -> &SchemaName {
+        &self.schema
+    }
+
+    /// Names the connections (`application_name`), so that they can be found in `pg_stat_activity`.
+    #[must_use]
+    pub fn with_application_name(mut self, name: &str) -> Self {
+        self.connection.application_name(name);
+        self
+    }
+
+    /// Sets how long one call may take in all before it counts as unavailable.
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sets how long a call waits for a connection (and a new connection for its server) before
+    /// it counts as unavailable.
+    #[must_use]
+    pub fn with_wait_timeout(mut self, wait_timeout: Duration) -> Self {
+        self.wait_timeout = wait_timeout;
+        self
+    }
+
+    /// How long connecting to the server may take: the URL's `connect_timeout`, or 5 s.
+    pub fn connect_timeout(&self) -> Option<Duration> {
+        self.connection.get_connect_timeout().copied()
+    }
+}
+
+/// The SQL of a store, with its schema filled in.
+struct Sql {
+    insert_one: String,
+    insert_many: String,
+    select_one: String,
+    select_many: String,
+    count: String,
+    list_first: String,
+    list_after: String,
+}
+
+impl Sql {
+    fn new(schema: &SchemaName) -> Self {
+        let table = format!("{}.payments", schema.quoted());
+        Self {
+            insert_one: format!(
+                "INSERT INTO {table} (payment_id, amount, currency) VALUES ($1, $2, $3) \
+                 ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
+            ),
+            insert_many: format!(
+                "INSERT INTO {table} (payment_id, amount, currency) \
+                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
+                 ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
+            ),
+            select_one: format!("SELECT payment_id, amount, currency FROM {table} WHERE payment_id = $1"),
+            select_many: format!(
+                "SELECT payment_id, amount, currency FROM {table} WHERE payment_id = ANY($1)"
+            ),
+            count: format!("SELECT count(*) FROM {table}"),
+            list_first: format!(
+                "SELECT payment_id, amount, currency FROM {table} ORDER BY payment_id LIMIT $1"
+            ),
+            list_after: format!(
+                "SELECT payment_id, amount, currency FROM {table} WHERE payment_id > $1 ORDER BY payment_id LIMIT $2"
+            ),
+        }
+    }
+}
+
+/// What saves and the batcher share.
+struct Inner {
+    pool: Pool,
+    sql: Sql,
+    schema: SchemaName,
+    timeout: Duration,
+}
+
+/// Payments in a PostgreSQL table, shared by every instance that connects to it.
+pub struct PostgresPaymentsRepository {
+    inner: Arc<Inner>,
+    saves: mpsc::Sender<batch::Request>,
+    /// Tells the batcher to finish what is queued and stop.
+    closing: CancellationToken,
+    /// The batcher, awaited by the first close.
+    batcher: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl fmt::Debug for PostgresPaymentsRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PostgresPaymentsRepository")
+            .field("schema", &self.inner.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PostgresPaymentsRepository {
+    /// Connects, applies the migrations the schema lacks, and starts the batcher.
+    ///
+    /// # Errors
+    ///
+    /// [`RepositoryError::Unavailable`] when the server cannot be reached, [`RepositoryError::Failed`]
+    /// when the schema cannot be set up (or is newer than this build).
+    pub async fn connect(config: PostgresConfig) -> Result<Self, RepositoryError> {
+        let manager = Manager::from_config(
+            config.connection.clone(),
+            NoTls,
+            ManagerConfig { recycling_method: RecyclingMethod::Fast },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(config.pool_size.max(2))
+            .wait_timeout(Some(config.wait_timeout))
+            .create_timeout(Some(config.wait_timeout))
+            .recycle_timeout(Some(config.wait_timeout))
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|err| RepositoryError::failed_because("cannot build the connection pool", err))?;
+        {
+            let mut client = pool.get().await.map_err(|err| errors::pool("cannot connect", err))?;
+            migrate::run(&mut client, &config.schema).await?;
+        }
+        let inner = Arc::new(Inner {
+            pool,
+            sql: Sql::new(&config.schema),
+            schema: config.schema.clone(),
+            timeout: config.timeout,
+        });
+        // Room for one full batch per slot: saves beyond that wait to be queued, as they would
+        // wait for a connection.
+        let (saves, requests) = mpsc::channel(config.max_batch.max(1) * config.batches_in_flight.max(1));
+        let closing = CancellationToken::new();
+        let batcher = tokio::spawn(batch::run(
+            Arc::clone(&inner),
+            requests,
+            config.max_batch.max(1),
+            config.batches_in_flight.max(1),
+            closing.clone(),
+        ));
+        Ok(Self { inner, saves, closing, batcher: std::sync::Mutex::new(Some(batcher)) })
+    }
+
+    /// The schema the store lives in.
+    pub fn schema(&self) -> &SchemaName {
+        &self.inner.schema
+    }
+}
+
+/// A stored row back into a payment; a row that is not a valid payment is a broken store.
+fn row_to_payment(row: &tokio_postgres::Row) -> Result<Payment, RepositoryError> {
+    let id: &str =
+        row.try_get(0).map_err(|err| RepositoryError::failed_because("unreadable payment_id", err))?;
+    let amount: i64 =
+        row.try_get(1).map_err(|err| RepositoryError::failed_because("unreadable amount", err))?;
+    let currency: &str =
+        row.try_get(2).map_err(|err| RepositoryError::failed_because("unreadable currency", err))?;
+    let invalid = |err: payments_ports::domain::ValidationError| {
+        RepositoryError::failed(format!("stored payment {id:?} is not a valid payment: {err}"))
+    };
+    let amount = u64::try_from(amount)
+        .map_err(|_| RepositoryError::failed(format!("stored payment {id:?} has amount {amount}")))?;
+    Ok(Payment::new(
+        PaymentId::new(id).map_err(invalid)?,
+        Amount::new(amount).map_err(invalid)?,
+        Currency::new(currency).map_err(invalid)?,
+    ))
+}
+
+/// The amount as the `bigint` column holds it (at most 10^12, far below `i64::MAX`).
+fn amount_param(payment: &Payment) -> i64 {
+    i64::try_from(payment.amount.minor_units()).unwrap_or(i64::MAX)
+}
+
+#[async_trait]
+impl PaymentsRepository for PostgresPaymentsRepository {
+    async fn save(&self, payment: &Payment) -> Result<SaveOutcome, RepositoryError> {
+        let closed =
+            || RepositoryError::failed(format!("the store in schema {} is closed", self.inner.schema));
+        if self.closing.is_cancelled() {
+            return Err(closed());
+        }
+        let (reply, outcome) = oneshot::channel();
+        self.saves.send(batch::Request { payment: payment.clone(), reply }).await.map_err(|_| closed())?;
+        // Dropped unanswered only when the store closed under it (the save was never sent).
+        outcome.await.map_err(|_| closed())?
+    }
+
+    async fn get(&self, id: &PaymentId) -> Result<Option<Payment>, RepositoryError> {
+        self.bounded("get", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("get", err))?;
+            let statement = client
+                .prepare_cached(&self.inner.sql.select_one)
+                .await
+                .map_err(|err| errors::query("get", err))?;
+            let row = client
+                .query_opt(&statement, &[&id.as_str()])
+                .await
+                .map_err(|err| errors::query("get", err))?;
+            row.as_ref().map(row_to_payment).transpose()
+        })
+        .await
+    }
+
+    async fn count(&self) -> Result<u64, RepositoryError> {
+        self.bounded("count", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("count", err))?;
+            let statement = client
+                .prepare_cached(&self.inner.sql.count)
+                .await
+                .map_err(|err| errors::query("count", err))?;
+            let row = client.query_one(&statement, &[]).await.map_err(|err| errors::query("count", err))?;
+            let count: i64 = row.try_get(0).map_err(|err| errors::query("count", err))?;
+            Ok(u64::try_from(count).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<(), RepositoryError> {
+        self.shut_down().await
+    }
+
+    async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
+        self.bounded("list", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("list", err))?;
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = match after {
+                None => {
+                    let statement = client
+                        .prepare_cached(&self.inner.sql.list_first)
+                        .await
+                        .map_err(|err| errors::query("list", err))?;
+                    client.query(&statement, &[&limit]).await
+                }
+                Some(after) => {
+                    let statement = client
+                        .prepare_cached(&self.inner.sql.list_after)
+                        .await
+                        .map_err(|err| errors::query("list", err))?;
+                    client.query(&statement, &[&after.as_str(), &limit]).await
+                }
+            }
+            .map_err(|err| errors::query("list", err))?;
+            rows.iter().map(row_to_payment).collect()
+        })
+        .await
+    }
+}
+
+impl PostgresPaymentsRepository {
+    /// Stops the batcher once what is queued is saved, then closes the pool's connections.
+    async fn shut_down(&self) -> Result<(), RepositoryError> {
+        self.closing.cancel();
+        let batcher = self.batcher.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take();
+        if let Some(batcher) = batcher {
+            batcher
+                .await
+                .map_err(|err| RepositoryError::failed_because("the PostgreSQL batcher failed", err))?;
+        }
+        self.inner.pool.close();
+        Ok(())
+    }
+
+    /// Runs `work` within the call timeout; past it, the call is unavailable (and retried).
+    async fn bounded<T>(
+        &self,
+        action: &str,
+        work: impl std::future::Future<Output = Result<T, RepositoryError>>,
+    ) -> Result<T, RepositoryError> {
+        let timeout = self.inner.timeout;
+        tokio::time::timeout(timeout, work).await.unwrap_or_else(|_| {
+            Err(RepositoryError::unavailable(format!("PostgreSQL {action} took longer than {timeout:?}")))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers_only() {
+        for good in ["payments", "_p", "p_2026", &"a".repeat(63)] {
+            assert!(SchemaName::new(good).is_ok(), "{good}");
+        }
+        for bad in ["", "Payments", "2p", "p-q", "p q", "x\"; DROP TABLE payments;--", &"a".repeat(64)] {
+            let err = SchemaName::new(bad).expect_err(bad);
+            assert!(err.to_string().starts_with("invalid schema name"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_schema_comes_from_the_url_and_the_rest_goes_to_the_driver() {
+        let config =
+            PostgresConfig::from_url("postgres://app:secret@db:5433/pay?schema=ledger&sslmode=disable")
+                .expect("valid");
+        assert_eq!(config.schema().as_str(), "ledger");
+        assert_eq!(config.connection.get_ports(), [5433]);
+        assert_eq!(config.connection.get_dbname(), Some("pay"));
+        assert!(!format!("{config:?}").contains("secret"), "the password never shows: {config:?}");
+        let config = PostgresConfig::from_url("postgres://db/pay").expect("valid");
+        assert_eq!(config.schema().as_str(), "payments");
+        assert!(PostgresConfig::from_url("postgres://db/pay?schema=Bad-Name").is_err());
+        assert!(PostgresConfig::from_url("postgres://db/pay?nonsense=1").is_err());
+    }
+
+    #[test]
+    fn the_urls_connect_timeout_is_honoured_and_five_seconds_otherwise() {
+        let given = PostgresConfig::from_url("postgres://db/pay?connect_timeout=17").expect("valid");
+        assert_eq!(given.connect_timeout(), Some(Duration::from_secs(17)));
+        let default = PostgresConfig::from_url("postgres://db/pay").expect("valid");
+        assert_eq!(default.connect_timeout(), Some(Duration::from_secs(5)));
+    }
+}

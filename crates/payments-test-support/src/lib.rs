@@ -1,0 +1,21 @@
+//! What this workspace's tests and benchmarks share, so that each rule is written once.
+//!
+//! - [`gate`]: a test that needs a server either gets it, or is reported as skipped by name;
+//!   under `CI=true` it fails instead. Trials are named after their functions.
+//! - [`bench`]: the rows of `cargo xtask bench`, each scenario measured beside its raw baseline
+//!   in the same run, and the command line every benchmark binary shares.
+//! - One module per server the tests need, behind a feature of the same name: where the test
+//!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
+//!   a stream) that the test removes afterwards. `postgres` is the first.
+//!
+//! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
+//! use it in its tests without reaching another adapter.
+
+pub mod bench;
+pub mod gate;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+
+pub use gate::{Gate, Test, trials, under_ci};
+/// Re-exported, so that a crate using [`trials`] needs no dependency of its own to run them.
+pub use libtest_mimic;
