@@ -7,7 +7,6 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use payments_domain::policy::{Handling, disposition};
 use payments_domain::{Payment, PaymentId, decide, event};
 
 fn decoding(c: &mut Criterion) {
@@ -54,7 +53,6 @@ fn decision(c: &mut Criterion) {
     group.bench_function("duplicate", |b| b.iter(|| decide(black_box(Some(&stored)), black_box(&same))));
     group.bench_function("conflict", |b| b.iter(|| decide(black_box(Some(&stored)), black_box(&other))));
     group.finish();
-    c.bench_function("policy/disposition", |b| b.iter(|| disposition(black_box(Handling::Conflict))));
 }
 
 criterion_group!(benches, decoding, validation, decision);

@@ -3,18 +3,16 @@
 //! - [`Payment`] and its parts ([`PaymentId`], [`Amount`], [`Currency`]) can only be built valid.
 //! - [`event::decode`] turns a `PaymentTaken` JSON message into a [`Payment`] or says which field is wrong.
 //! - [`decide`] is the idempotency rule: new, duplicate or conflict.
-//! - [`policy::disposition`] is the delivery policy: acknowledge, dead-letter, retry or stop.
 //!
-//! Stores (through `payments-ports`) and the consumer (`payments-app`) build on these; nothing here
-//! knows they exist.
+//! Stores (through `payments-ports`) and the use case (`payments-consumer`) build on these; nothing
+//! here knows they exist, nor what a message is: what happens to a message is the use case's policy.
 
 mod error;
 pub mod event;
 mod idempotency;
 mod payment;
-pub mod policy;
 
 pub use error::{Field, Problem, ValidationError};
 pub use event::InvalidEvent;
 pub use idempotency::{Conflict, SaveOutcome, decide};
-pub use payment::{Amount, Currency, Payment, PaymentId, is_id_byte};
+pub use payment::{Amount, Currency, Payment, PaymentId};

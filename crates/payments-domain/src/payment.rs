@@ -73,7 +73,7 @@ impl PaymentId {
 }
 
 /// Whether `b` may appear in a payment ID.
-pub const fn is_id_byte(b: u8) -> bool {
+pub(crate) const fn is_id_byte(b: u8) -> bool {
     ID_BYTES[b as usize]
 }
 

@@ -470,6 +470,21 @@ mod tests {
     }
 
     #[test]
+    fn a_run_whose_faults_never_fired_is_not_a_pass() {
+        let quiet = Report {
+            counts: Summary { conflicts: 1, invalid: 1, ..Summary::default() },
+            ..Report::default()
+        };
+        let verdict = quiet.verdict(&config(1));
+        assert_eq!(verdict, Verdict::Unproven(vec!["crashes", "concurrent duplicates"]));
+        assert!(!verdict.passed());
+        assert_eq!(
+            verdict.to_string(),
+            "FAILED: no crashes, no concurrent duplicates happened, so the run proved nothing about them; send more payments"
+        );
+    }
+
+    #[test]
     fn the_same_seed_publishes_the_same_messages() {
         assert_eq!(publish(&config(5)).payloads, publish(&config(5)).payloads);
         assert_ne!(publish(&config(5)).payloads, publish(&config(6)).payloads);
