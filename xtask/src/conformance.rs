@@ -68,7 +68,7 @@ pub(crate) fn run(only: Option<&str>) -> anyhow::Result<()> {
 }
 
 /// The kinds of adapter that have a conformance suite.
-const CERTIFIED: [AdapterKind; 1] = [AdapterKind::Store];
+const CERTIFIED: [AdapterKind; 2] = [AdapterKind::Store, AdapterKind::Source];
 
 /// Every adapter with a conformance suite, stores first.
 fn certified(workspace: &Workspace) -> impl Iterator<Item = &Member> {
@@ -114,7 +114,7 @@ pub(crate) fn print_matrix(
     reports: &ReportDir,
     only: Option<&str>,
 ) -> anyhow::Result<()> {
-    let mut rows: BTreeMap<String, Row> = BTreeMap::new();
+    let mut rows: BTreeMap<(String, String), Row> = BTreeMap::new();
     for entry in std::fs::read_dir(reports.path()).context("cannot read the conformance reports")? {
         let path = entry?.path();
         let text =
@@ -123,7 +123,7 @@ pub(crate) fn print_matrix(
             let value: Value = serde_json::from_str(line)
                 .with_context(|| format!("a broken line in {}: {line}", path.display()))?;
             let field = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
-            let row = rows.entry(field("adapter")).or_default();
+            let row = rows.entry((field("kind"), field("adapter"))).or_default();
             match value["outcome"].as_str() {
                 Some("passed") => row.passed.push(field("case")),
                 Some("failed") => row.failed.push((field("case"), field("detail"))),
@@ -136,10 +136,13 @@ pub(crate) fn print_matrix(
     shell::section("conformance matrix");
     eprintln!("{:<7} {:<12} {:>7} {:>7} {:>8}", "kind", "adapter", "passed", "failed", "skipped");
     let mut problems = Vec::new();
-    for adapter in selected(workspace, only)? {
-        let name = short_name(&adapter.name);
-        let kind = AdapterKind::of(&adapter.name).map_or("", AdapterKind::name);
-        match rows.get(name) {
+    let selected = selected(workspace, only)?;
+    let known: Vec<(&str, &str)> = selected
+        .iter()
+        .map(|a| (AdapterKind::of(&a.name).map_or("", AdapterKind::name), short_name(&a.name)))
+        .collect();
+    for (adapter, (kind, name)) in selected.iter().zip(&known) {
+        match rows.get(&((*kind).to_owned(), (*name).to_owned())) {
             Some(row) => eprintln!(
                 "{kind:<7} {name:<12} {:>7} {:>7} {:>8}",
                 row.passed.len(),
@@ -148,22 +151,63 @@ pub(crate) fn print_matrix(
             ),
             None => {
                 eprintln!("{kind:<7} {name:<12} {:>7} {:>7} {:>8}", "-", "-", "-");
-                problems.push(format!(
-                    "{} reported no conformance cases: does tests/{TEST_TARGET}.rs call payments_conformance::main?",
-                    adapter.name
-                ));
+                problems.push(silent_crate(&adapter.name, kind, name, &rows, &known));
             }
         }
     }
-    for (adapter, row) in &rows {
+    for ((kind, adapter), row) in &rows {
         for (case, why) in &row.skipped {
-            eprintln!("  SKIPPED {adapter}::{case}: {why}");
+            eprintln!("  SKIPPED {kind} {adapter}::{case}: {why}");
         }
         for (case, detail) in &row.failed {
             let first_line = detail.lines().next().unwrap_or_default();
-            eprintln!("  FAILED  {adapter}::{case}: {first_line}");
+            eprintln!("  FAILED  {kind} {adapter}::{case}: {first_line}");
             problems.push(format!("{adapter}::{case} failed"));
         }
     }
     if problems.is_empty() { Ok(()) } else { bail!("conformance: {}", problems.join("; ")) }
+}
+
+/// Why a crate shows no cases: its harness reports under another name (the usual slip), or its
+/// test never reached the suite.
+fn silent_crate(
+    crate_name: &str,
+    kind: &str,
+    name: &str,
+    rows: &BTreeMap<(String, String), Row>,
+    known: &[(&str, &str)],
+) -> String {
+    let strays: Vec<&str> = rows
+        .keys()
+        .filter(|(k, n)| k == kind && !known.contains(&(k.as_str(), n.as_str())))
+        .map(|(_, n)| n.as_str())
+        .collect();
+    match strays.as_slice() {
+        [] => format!(
+            "{crate_name} reported no conformance cases: does tests/{TEST_TARGET}.rs call payments_conformance::main (stores) or payments_conformance::source::main (sources)?"
+        ),
+        strays => format!(
+            "{crate_name} reported no cases as `{name}`, but cases came from {kind} `{}`, which is no crate's name: its harness's adapter() must return `{name}`, the crate's name without `payments-{kind}-`",
+            strays.join("`, `")
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_harness_named_unlike_its_crate_is_reported_as_exactly_that() {
+        let mut rows = BTreeMap::new();
+        rows.insert(("store".to_owned(), "sqlite3".to_owned()), Row::default());
+        let known = [("store", "sqlite"), ("store", "memory")];
+        let text = silent_crate("payments-store-sqlite", "store", "sqlite", &rows, &known);
+        assert!(
+            text.contains("reported no cases as `sqlite`, but cases came from store `sqlite3`"),
+            "{text}"
+        );
+        let text = silent_crate("payments-store-sqlite", "store", "sqlite", &BTreeMap::new(), &known);
+        assert!(text.contains("does tests/conformance.rs call payments_conformance::main"), "{text}");
+    }
 }

@@ -28,6 +28,8 @@
 mod cases;
 mod model;
 mod runner;
+pub mod source;
+mod source_cases;
 
 use std::fmt;
 use std::future::Future;

@@ -1,10 +1,13 @@
-//! Running cases: one at a time ([`run_case`]) or all of them as a libtest-compatible test binary ([`main`]).
+//! Running cases, for both suites: one at a time ([`run_case`], `run_source_case`) or all of them
+//! as a libtest-compatible test binary ([`main`], `source::main`), with the report that
+//! `cargo xtask` reads for the conformance matrix.
 
 // This module is a test harness: it reports to the terminal by design.
 #![allow(clippy::print_stderr)]
 
 use std::any::Any;
 use std::fs::{File, OpenOptions};
+use std::future::Future;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,7 +19,7 @@ use payments_test_support::under_ci;
 use serde::Serialize;
 
 use crate::cases::{Case, all_cases};
-use crate::{Fixture, Harness};
+use crate::{BoxError, Fixture, Harness};
 
 /// How one case ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,33 +56,42 @@ pub async fn run_case<H: Harness>(harness: Arc<H>, case: &Case) -> CaseOutcome {
     };
     let fixture = Fixture::new(Arc::clone(&harness), Arc::clone(&env));
     let run = case.run;
+    let outcome = isolated(adapter, case.name, async move { run(&fixture).await }).await;
+    after_teardown(adapter, case.name, outcome, harness.teardown(&env).await)
+}
+
+/// Runs one case's body in a task of its own, so that a panic (a broken sentence) is caught as its
+/// outcome, within the case timeout (a deadlock is a failure, not a wait).
+pub(crate) async fn isolated(
+    adapter: &'static str,
+    case: &'static str,
+    body: impl Future<Output = ()> + Send + 'static,
+) -> CaseOutcome {
     let timeout = case_timeout();
-    // The case runs in its own task, so that a panic (a broken sentence) is caught as its outcome.
-    let joined = tokio::spawn(async move {
-        let fixture = fixture;
-        tokio::time::timeout(timeout, run(&fixture)).await
-    })
-    .await;
-    let outcome = match joined {
+    let joined = tokio::spawn(tokio::time::timeout(timeout, body)).await;
+    match joined {
         Ok(Ok(())) => CaseOutcome::Passed,
         Ok(Err(_)) => CaseOutcome::Failed(format!(
-            "{adapter} adapter broke {}: the case did not finish within {timeout:?} (a deadlock or a lost wake-up)",
-            case.name
+            "{adapter} adapter broke {case}: the case did not finish within {timeout:?} (a deadlock or a lost wake-up)"
         )),
-        Err(err) if err.is_panic() => CaseOutcome::Failed(format!(
-            "{adapter} adapter broke {}: {}",
-            case.name,
-            panic_text(err.into_panic())
-        )),
-        Err(err) => {
-            CaseOutcome::Failed(format!("{adapter} adapter: case {} was cancelled: {err}", case.name))
+        Err(err) if err.is_panic() => {
+            CaseOutcome::Failed(format!("{adapter} adapter broke {case}: {}", panic_text(err.into_panic())))
         }
-    };
-    match harness.teardown(&env).await {
+        Err(err) => CaseOutcome::Failed(format!("{adapter} adapter: case {case} was cancelled: {err}")),
+    }
+}
+
+/// A case's outcome once its environment is removed: a removal that failed fails a passed case.
+pub(crate) fn after_teardown(
+    adapter: &str,
+    case: &str,
+    outcome: CaseOutcome,
+    teardown: Result<(), BoxError>,
+) -> CaseOutcome {
+    match teardown {
         Ok(()) => outcome,
         Err(err) if outcome == CaseOutcome::Passed => CaseOutcome::Failed(format!(
-            "{adapter} adapter: removing the store of {} failed: {err}",
-            case.name
+            "{adapter} adapter: removing the environment of {case} failed: {err}"
         )),
         Err(_) => outcome,
     }
@@ -95,7 +107,7 @@ fn panic_text(payload: Box<dyn Any + Send>) -> String {
     }
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(4)
         .enable_all()
@@ -103,7 +115,7 @@ fn runtime() -> tokio::runtime::Runtime {
         .unwrap_or_else(|err| panic!("cannot start a tokio runtime for the conformance suite: {err}"))
 }
 
-/// The entry point of an adapter's conformance test binary (`harness = false`): runs every case as
+/// The entry point of a store's conformance test binary (`harness = false`): runs every case as
 /// a named test, with libtest's command line (filters, `--list`, `--ignored`, ...).
 ///
 /// Cases that need a capability the adapter lacks are reported as ignored, with the capability.
@@ -113,21 +125,53 @@ fn runtime() -> tokio::runtime::Runtime {
 /// When `PAYMENTS_CONFORMANCE_REPORT_DIR` is set, each outcome is also appended to
 /// `<dir>/<adapter>-<pid>.jsonl`, from which `cargo xtask` prints the conformance matrix.
 pub fn main<H: Harness>(harness: H) -> ExitCode {
-    let args = Arguments::from_args();
     let harness = Arc::new(harness);
     let adapter = harness.adapter();
     let availability = runtime().block_on(harness.available());
-    let report = if args.list { Report::disabled() } else { Report::from_env(adapter) };
-
-    let trials = all_cases()
+    let entries = all_cases()
         .into_iter()
         .map(|case| {
-            let name = format!("{adapter}::{}", case.name);
-            if let Some(capability) = case.needs.filter(|&c| !harness.capabilities().has(c)) {
+            let lacking = case.needs.filter(|&c| !harness.capabilities().has(c)).map(|c| c.to_string());
+            let harness = Arc::clone(&harness);
+            Entry {
+                name: case.name,
+                lacking,
+                run: Box::new(move || runtime().block_on(run_case(harness, &case))),
+            }
+        })
+        .collect();
+    run_entries("store", adapter, availability, entries)
+}
+
+/// One case, ready to become a trial.
+pub(crate) struct Entry {
+    /// The case's name: the contract sentence it checks.
+    pub(crate) name: &'static str,
+    /// The capability it needs and the adapter lacks, if any.
+    pub(crate) lacking: Option<String>,
+    /// Runs it.
+    pub(crate) run: Box<dyn FnOnce() -> CaseOutcome + Send>,
+}
+
+/// Turns a suite's entries into trials, runs them with libtest's command line, and reports each
+/// outcome for the matrix.
+pub(crate) fn run_entries(
+    kind: &'static str,
+    adapter: &'static str,
+    availability: Result<(), String>,
+    entries: Vec<Entry>,
+) -> ExitCode {
+    let args = Arguments::from_args();
+    let report = if args.list { Report::disabled() } else { Report::from_env(kind, adapter) };
+    let trials = entries
+        .into_iter()
+        .map(|Entry { name: case, lacking, run }| {
+            let name = format!("{adapter}::{case}");
+            if let Some(capability) = lacking {
                 let reason = format!(
-                    "needs the `{capability}` capability, which the {adapter} adapter does not declare"
+                    "needs the `{capability}` capability, which the {adapter} {kind} does not declare"
                 );
-                report.record(case.name, "skipped", &reason);
+                report.record(case, "skipped", &reason);
                 return Trial::test(name, move || Err(Failed::from(format!("skipped: {reason}"))))
                     .with_kind(format!("needs {capability}"))
                     .with_ignored_flag(true);
@@ -135,32 +179,32 @@ pub fn main<H: Harness>(harness: H) -> ExitCode {
             if let Err(reason) = &availability {
                 if under_ci() {
                     let reason =
-                        format!("{adapter} adapter cannot run, and CI=true forbids skipping: {reason}");
+                        format!("{adapter} {kind} cannot run, and CI=true forbids skipping: {reason}");
                     let report = report.clone();
                     return Trial::test(name, move || {
-                        report.record(case.name, "failed", &reason);
+                        report.record(case, "failed", &reason);
                         Err(Failed::from(reason))
                     });
                 }
                 eprintln!("SKIPPED {name}: {reason}");
-                report.record(case.name, "skipped", reason);
+                report.record(case, "skipped", reason);
                 let reason = reason.clone();
                 return Trial::test(name, move || Err(Failed::from(format!("skipped: {reason}"))))
                     .with_kind("unavailable")
                     .with_ignored_flag(true);
             }
-            let (harness, report) = (Arc::clone(&harness), report.clone());
-            Trial::test(name, move || match runtime().block_on(run_case(harness, &case)) {
+            let report = report.clone();
+            Trial::test(name, move || match run() {
                 CaseOutcome::Passed => {
-                    report.record(case.name, "passed", "");
+                    report.record(case, "passed", "");
                     Ok(())
                 }
                 CaseOutcome::Failed(text) => {
-                    report.record(case.name, "failed", &text);
+                    report.record(case, "failed", &text);
                     Err(Failed::from(text))
                 }
                 CaseOutcome::Skipped(text) => {
-                    report.record(case.name, "skipped", &text);
+                    report.record(case, "skipped", &text);
                     Err(Failed::from(format!("skipped unexpectedly: {text}")))
                 }
             })
@@ -173,12 +217,14 @@ pub fn main<H: Harness>(harness: H) -> ExitCode {
 /// Where outcomes go for the conformance matrix: one JSON line per case.
 #[derive(Clone)]
 struct Report {
+    kind: &'static str,
     adapter: &'static str,
     file: Option<Arc<Mutex<File>>>,
 }
 
 #[derive(Serialize)]
 struct Line<'a> {
+    kind: &'a str,
     adapter: &'a str,
     case: &'a str,
     outcome: &'a str,
@@ -187,23 +233,24 @@ struct Line<'a> {
 
 impl Report {
     const fn disabled() -> Self {
-        Self { adapter: "", file: None }
+        Self { kind: "", adapter: "", file: None }
     }
 
-    fn from_env(adapter: &'static str) -> Self {
+    fn from_env(kind: &'static str, adapter: &'static str) -> Self {
         let Some(dir) = std::env::var_os("PAYMENTS_CONFORMANCE_REPORT_DIR").map(PathBuf::from) else {
             return Self::disabled();
         };
-        let path = dir.join(format!("{adapter}-{}.jsonl", std::process::id()));
+        let path = dir.join(format!("{kind}-{adapter}-{}.jsonl", std::process::id()));
         let file = std::fs::create_dir_all(&dir)
             .and_then(|()| OpenOptions::new().create(true).append(true).open(&path))
             .unwrap_or_else(|err| panic!("cannot write the conformance report {}: {err}", path.display()));
-        Self { adapter, file: Some(Arc::new(Mutex::new(file))) }
+        Self { kind, adapter, file: Some(Arc::new(Mutex::new(file))) }
     }
 
     fn record(&self, case: &str, outcome: &str, detail: &str) {
         let Some(file) = &self.file else { return };
-        let mut line = serde_json::to_vec(&Line { adapter: self.adapter, case, outcome, detail })
+        let line = Line { kind: self.kind, adapter: self.adapter, case, outcome, detail };
+        let mut line = serde_json::to_vec(&line)
             .unwrap_or_else(|err| panic!("cannot encode a conformance report line: {err}"));
         line.push(b'\n');
         let mut file = file.lock().unwrap_or_else(PoisonError::into_inner);

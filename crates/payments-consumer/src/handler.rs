@@ -72,6 +72,9 @@ pub enum Rejection {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// The source could not make a body of the message.
+    #[error("unreadable message: {0}")]
+    Unreadable(String),
     /// Delivered more often than the limit allows, so not handled again (a poison message that
     /// keeps a consumer from finishing, say).
     #[error("delivered {attempt} times, over the limit of {limit} deliveries")]
@@ -88,7 +91,7 @@ impl Rejection {
     pub const fn kind(&self) -> DeadLetterKind {
         match self {
             Self::Conflict(_) => DeadLetterKind::Conflict,
-            Self::Invalid(_) => DeadLetterKind::Invalid,
+            Self::Invalid(_) | Self::Unreadable(_) => DeadLetterKind::Invalid,
             Self::TooLarge { .. } => DeadLetterKind::TooLarge,
             Self::TooManyAttempts { .. } => DeadLetterKind::TooManyAttempts,
         }
@@ -127,6 +130,9 @@ impl Handler {
             Payload::Complete(body) => body,
             Payload::TooLarge { len, limit, .. } => {
                 return Action::DeadLetter(Rejection::TooLarge { len: *len, limit: *limit });
+            }
+            Payload::Unreadable { reason, .. } => {
+                return Action::DeadLetter(Rejection::Unreadable(reason.clone()));
             }
         };
         match event::decode(body) {
@@ -200,6 +206,15 @@ mod tests {
             panic!("expected an invalid amount, got {action:?}");
         };
         assert_eq!(err.field(), Field::Amount);
+
+        let unreadable =
+            Payload::Unreadable { reason: "no payload field".into(), raw: Bytes::from_static(b"x=1") };
+        let action = handler.handle(&unreadable).await;
+        assert!(
+            matches!(&action, Action::DeadLetter(r) if r.kind() == DeadLetterKind::Invalid
+                && r.to_string() == "unreadable message: no payload field"),
+            "{action:?}"
+        );
 
         let too_large = Payload::TooLarge { len: 70_000, limit: 65_536, head: Bytes::new() };
         let action = handler.handle(&too_large).await;

@@ -6,12 +6,14 @@
 //! - [`DeliverySource`] and [`Receipt`] (driving port): where deliveries come from, and how each
 //!   one is acknowledged. A broker adapter implements these two.
 //! - [`DeadLetterSink`] (driven port): where messages that can never succeed are kept.
+//! - [`Publisher`] (driven port): where outgoing messages go, confirmed by their broker.
 //!
 //! For other crates' tests: with the `testing` feature, the [`testing`] module's doubles (a source
 //! that delivers a list, a sink that keeps its letters); with `mock`, also the mockall mocks
 //! `MockPaymentsRepository` and `MockDeadLetterSink`.
 
 mod dead_letter;
+mod publisher;
 mod repository;
 mod source;
 #[cfg(any(test, feature = "testing"))]
@@ -20,6 +22,7 @@ pub mod testing;
 #[cfg(any(test, feature = "mock"))]
 pub use dead_letter::MockDeadLetterSink;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
+pub use publisher::{OutgoingMessage, PublishError, Publisher};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockPaymentsRepository;
 pub use repository::{BoxError, PaymentsRepository, RepositoryError, export_all};

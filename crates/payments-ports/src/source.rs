@@ -6,6 +6,60 @@
 //! delivery. The shape follows what every at-least-once broker has in common: a message body, how
 //! many times it has been delivered, and a way to say "done" — or to say nothing, in which case it
 //! comes back.
+//!
+//! # Contract
+//!
+//! What a source may **not** promise, and the consumer never assumes: an order (messages arrive in
+//! any order, and a redelivery overtakes later messages), or delivery exactly once (any message
+//! may arrive twice, even at the same time). The store makes that safe: a redelivery is answered
+//! as a duplicate.
+//!
+//! What every source MUST keep (`payments-conformance`'s source suite checks each sentence with
+//! cases named after it, against the real broker; a source declares the capabilities it has, and a
+//! case that needs one it lacks is reported as skipped, never passed):
+//!
+//! **Delivering**
+//!
+//! 1. Every message published to the destination MUST be delivered, its bytes unchanged (binary,
+//!    not UTF-8, empty, large); one over the size limit MUST be delivered as [`Payload::TooLarge`]
+//!    with its length and first bytes, never dropped, and one the source cannot make a body of
+//!    (a stream entry without its payload field) as [`Payload::Unreadable`].
+//! 2. The attempt number MUST be 1 on a message's first delivery and MUST grow with each
+//!    redelivery (capability: exact attempt count; a source that cannot count says 1).
+//! 3. A message whose receipt was acknowledged MUST NOT be delivered again once the
+//!    acknowledgement is sent, which [`DeliverySource::close`] does at the latest.
+//!
+//! **Redelivering**
+//!
+//! 4. A receipt dropped without an acknowledgement MUST make its message come back: delivered
+//!    again within the source's redelivery timeout, with a higher attempt number. That is the
+//!    adapter's job, not the broker's gift: RabbitMQ holds an unacknowledged message until its
+//!    channel closes, so a dropped receipt must reject it with requeue; a Redis stream entry stays
+//!    pending until someone claims it.
+//! 5. A source dropped with receipts in flight (a crash) MUST lose nothing: a source with another
+//!    identity in the same group receives every unacknowledged message, within the redelivery
+//!    timeout.
+//! 6. A source opened again under the same identity MUST get its own unacknowledged messages back.
+//! 7. A [`next`](DeliverySource::next) dropped half-way MUST lose nothing: what it had taken from
+//!    the broker is delivered again, as if its receipt had been dropped.
+//!
+//! **Sharing**
+//!
+//! 8. Sources in one group MUST split the messages between them, none lost; sources in different
+//!    groups MUST each receive every message.
+//! 9. Deliveries in flight (handed out, neither acknowledged nor dropped) MUST NOT exceed the
+//!    source's declared bound (a prefetch, `max_ack_pending`).
+//! 10. While the consumer renews a receipt's [lease](Receipt::lease), its message MUST NOT be
+//!     delivered to another consumer.
+//!
+//! **Failing**
+//!
+//! 11. A lost connection MUST surface as [`SourceError::Unavailable`] (the consumer asks again
+//!     with backoff) or be recovered inside the source, and MUST lose nothing; an acknowledgement
+//!     made on the old connection MUST be harmless (at worst lost, and its message delivered again).
+//! 12. Creating the group, the consumer or the destination again MUST be harmless.
+//! 13. An acknowledgement that arrives after the redelivery timeout MUST be harmless (the message
+//!     may then come twice; the store makes that safe).
 
 use std::fmt;
 use std::time::Duration;
@@ -42,6 +96,38 @@ pub enum Payload {
         /// Its first bytes (at most a few KiB).
         head: Bytes,
     },
+    /// The source cannot make a body of the message (a stream entry without its payload field):
+    /// it is dead-lettered as invalid, with the reason and what there was.
+    Unreadable {
+        /// What is wrong with it.
+        reason: String,
+        /// What the message held, as the source read it.
+        raw: Bytes,
+    },
+}
+
+impl Payload {
+    /// The bytes to keep for a dead letter: the whole body, the head of a large one, or what an
+    /// unreadable message held.
+    pub fn bytes(&self) -> &Bytes {
+        match self {
+            Self::Complete(body) => body,
+            Self::TooLarge { head, .. } => head,
+            Self::Unreadable { raw, .. } => raw,
+        }
+    }
+
+    /// A body from a broker, which hands it over whole: over `limit` bytes it becomes
+    /// [`Payload::TooLarge`], keeping its first KiB for the dead letter.
+    pub fn bounded(body: Bytes, limit: usize) -> Self {
+        /// How much of a body over the limit is kept for its dead letter.
+        const HEAD: usize = 1024;
+        if body.len() <= limit {
+            Self::Complete(body)
+        } else {
+            Self::TooLarge { len: body.len() as u64, limit, head: body.slice(..HEAD.min(limit)) }
+        }
+    }
 }
 
 /// How the consumer settles one delivery.
@@ -167,5 +253,21 @@ impl SourceError {
     /// Whether asking again later may work.
     pub const fn is_unavailable(&self) -> bool {
         matches!(self, Self::Unavailable { .. })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_over_the_limit_keeps_its_length_and_first_kilobyte() {
+        let body = Bytes::from(vec![7u8; 5000]);
+        assert_eq!(Payload::bounded(body.clone(), 5000), Payload::Complete(body.clone()));
+        let Payload::TooLarge { len, limit, head } = Payload::bounded(body.clone(), 4999) else {
+            panic!("over the limit")
+        };
+        assert_eq!((len, limit, head.len()), (5000, 4999, 1024));
+        assert_eq!(Payload::bounded(body, 10).bytes().len(), 10, "never more head than the limit");
     }
 }

@@ -423,7 +423,7 @@ async fn check(
         .filter(|l| l.kind == DeadLetterKind::Invalid)
         .filter_map(|l| match &l.payload {
             Payload::Complete(body) => Some(body),
-            Payload::TooLarge { .. } => None,
+            Payload::TooLarge { .. } | Payload::Unreadable { .. } => None,
         })
         .collect();
     report.missing_dead_letters =

@@ -44,7 +44,9 @@ struct Line<'a> {
 /// Encodes `letter` as one JSON line, newline included.
 pub fn encode(letter: &DeadLetter) -> Vec<u8> {
     let (bytes, len, truncated) = match &letter.payload {
-        Payload::Complete(body) => (&body[..], body.len() as u64, false),
+        Payload::Complete(body) | Payload::Unreadable { raw: body, .. } => {
+            (&body[..], body.len() as u64, false)
+        }
         Payload::TooLarge { len, head, .. } => (&head[..], *len, true),
     };
     let line = Line {
