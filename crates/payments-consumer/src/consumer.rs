@@ -266,6 +266,9 @@ impl Consumer {
         let idle_limit = self.config.stop_when_idle;
         // Unset, it never fires: a year is as good as never, and cannot overflow an `Instant`.
         let mut idle = pin!(tokio::time::sleep(idle_limit.unwrap_or(Duration::from_secs(365 * 24 * 3600))));
+        // Made once and polled again each turn: a new one per turn would register and unregister a
+        // waiter on the token for every delivery.
+        let mut shutdown_requested = pin!(shutdown.cancelled());
         loop {
             if ending.is_some() && in_flight.is_empty() {
                 break;
@@ -276,7 +279,7 @@ impl Consumer {
                 biased;
                 // Listened to even after the source ended: a delivery may be retrying. (Its child
                 // tokens, which stop the reader and the retries, are cancelled with it.)
-                () = shutdown.cancelled(), if !shutting_down => {
+                () = &mut shutdown_requested, if !shutting_down => {
                     shutting_down = true;
                     if matches!(ending, None | Some(Ending::Exhausted | Ending::Idle)) {
                         ending = Some(Ending::ShutDown);
@@ -473,10 +476,11 @@ async fn read<S: DeliverySource>(
     stop: CancellationToken,
 ) -> S {
     let mut failures = 0;
+    let mut stopped = pin!(stop.cancelled());
     loop {
         let next = tokio::select! {
             biased;
-            () = stop.cancelled() => return source,
+            () = &mut stopped => return source,
             next = source.next() => next,
         };
         let next = match next {
@@ -486,7 +490,7 @@ async fn read<S: DeliverySource>(
                 failures += 1;
                 tracing::warn!(error = %error_chain(&err), "message source unavailable, asking again");
                 tokio::select! {
-                    () = stop.cancelled() => return source,
+                    () = &mut stopped => return source,
                     () = tokio::time::sleep(retry.delay(failures)) => continue,
                 }
             }
@@ -497,7 +501,7 @@ async fn read<S: DeliverySource>(
         let sent = tokio::select! {
             biased;
             // Not taken: the delivery is dropped here, unacknowledged, and comes back.
-            () = stop.cancelled() => return source,
+            () = &mut stopped => return source,
             sent = deliveries.send(next) => sent,
         };
         if sent.is_err() || failed {
