@@ -3,7 +3,7 @@
 //! `cargo xtask arch` checks that no other module of the app names an adapter crate.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -206,9 +206,19 @@ impl FromStr for InputSpec {
 pub struct SourceOptions {
     /// The largest message, in bytes; a larger one is dead-lettered as too large.
     pub max_message_bytes: usize,
+    /// How many deliveries may be handed out and not yet settled: a broker's prefetch.
+    pub in_flight: usize,
 }
 
 impl InputSpec {
+    /// The most deliveries of one message the input allows before it is dead-lettered unhandled
+    /// (a broker URL's `max-deliveries`); `None`: no limit.
+    pub fn max_deliveries(&self) -> Option<u32> {
+        match self {
+            Self::Lines(_) => None,
+        }
+    }
+
     /// Opens the source.
     ///
     /// # Errors
@@ -232,12 +242,16 @@ pub enum DeadLetterSpec {
     Stderr,
 }
 
-impl DeadLetterSpec {
-    /// A spec given on the command line: a path.
-    pub fn from_path(path: &Path) -> Self {
-        Self::File(path.to_owned())
-    }
+impl FromStr for DeadLetterSpec {
+    type Err = SpecError;
 
+    /// A path.
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        Ok(Self::File(PathBuf::from(spec)))
+    }
+}
+
+impl DeadLetterSpec {
     /// Opens the sink.
     ///
     /// # Errors

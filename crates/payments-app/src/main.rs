@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! payments-app consume  [--store STORE] [--input PATH|-] [--dead-letter PATH] [--concurrency N] [--report json]
-//!                       [--max-line-bytes N] [--retry-limit-secs S]
+//!                       [--max-message-bytes N] [--max-line-bytes N] [--retry-limit-secs S] [--stop-when-idle SECS]
 //! payments-app export   [--store STORE]
 //! payments-app simulate [--store STORE] [--payments N] [--duplicate-rate R] [--crash-rate C] [--conflict-rate K]
 //!                       [--invalid-rate I] [--seed S] [--concurrency N] [--report json]
@@ -21,7 +21,6 @@
 mod progress;
 
 use std::io::{IsTerminal, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -100,17 +99,25 @@ struct ConsumeArgs {
     /// The input: a path, or `-` for stdin.
     #[arg(long, default_value = "-")]
     input: InputSpec,
-    /// Where dead letters go (JSON lines, synced before the acknowledgement). Default: beside a
-    /// file store, or stderr for the memory store.
+    /// Where dead letters go: a file of JSON lines, synced before the acknowledgement. Default:
+    /// beside a file store, or stderr for the memory store.
     #[arg(long)]
-    dead_letter: Option<PathBuf>,
+    dead_letter: Option<DeadLetterSpec>,
     #[command(flatten)]
     concurrency: Concurrency,
     #[command(flatten)]
     reporting: Reporting,
-    /// The longest line, in bytes; a longer one is dead-lettered as too large without being read whole.
-    #[arg(long, default_value_t = DEFAULT_MAX_MESSAGE_BYTES)]
-    max_line_bytes: usize,
+    /// The largest message, in bytes (default 64 KiB); a larger one is dead-lettered as too large,
+    /// and a line over it is never read whole.
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    /// The same limit under its older name, for JSON lines; `--max-message-bytes` wins.
+    #[arg(long)]
+    max_line_bytes: Option<usize>,
+    /// Exit (status 0) once nothing has arrived for this many seconds and nothing is in flight:
+    /// for batch runs and tests against a broker, which never runs out by itself.
+    #[arg(long)]
+    stop_when_idle: Option<f64>,
     /// How long, in seconds, one delivery may find the store unavailable before the consumer stops.
     #[arg(long, default_value_t = 60.0)]
     retry_limit_secs: f64,
@@ -195,6 +202,9 @@ fn main() -> ExitCode {
             Command::Simulate(args) => simulate(args).await,
         }
     });
+    // Everything the command had to finish is finished; what is left is at most a read of stdin
+    // parked on a blocking thread, which dropping the runtime would wait for until stdin closes.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(err) => fail(&err),
@@ -210,16 +220,25 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let retry_limit = Duration::try_from_secs_f64(args.retry_limit_secs)
         .with_context(|| format!("--retry-limit-secs {} is not a duration", args.retry_limit_secs))?;
     let repository = args.store.open().await?;
-    let dead_letter_spec = args
-        .dead_letter
-        .as_deref()
-        .map_or_else(|| args.store.default_dead_letters(), DeadLetterSpec::from_path);
+    let stop_when_idle = args
+        .stop_when_idle
+        .map(|secs| {
+            Duration::try_from_secs_f64(secs).with_context(|| format!("--stop-when-idle {secs} is not a duration"))
+        })
+        .transpose()?;
+    let dead_letter_spec = args.dead_letter.clone().unwrap_or_else(|| args.store.default_dead_letters());
     let dead_letters = dead_letter_spec.open().await?;
-    let source = args.input.open(SourceOptions { max_message_bytes: args.max_line_bytes }).await?;
+    let concurrency = usize::from(args.concurrency.concurrency);
+    let options = SourceOptions {
+        max_message_bytes: args.max_message_bytes.or(args.max_line_bytes).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        in_flight: concurrency,
+    };
+    let source = args.input.open(options).await?;
     let config = ConsumerConfig {
-        concurrency: usize::from(args.concurrency.concurrency),
+        concurrency,
         retry: RetryPolicy { give_up_after: retry_limit, ..RetryPolicy::default() },
-        ..ConsumerConfig::default()
+        max_attempts: args.input.max_deliveries(),
+        stop_when_idle,
     };
     let consumer = Consumer::new(Handler::new(repository.clone()), dead_letters.clone(), config);
 

@@ -84,3 +84,51 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
     check(&["simulate", "--duplicate-rate", "often"], "`often` is not a number");
     check(&["frobnicate"], "unrecognized subcommand");
 }
+
+#[test]
+fn max_message_bytes_applies_to_lines_and_wins_over_its_older_name() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("input.jsonl");
+    let long = format!(r#"{{"payment_id": "long", "amount": 1, "currency": "EUR", "pad": "{}"}}"#, "x".repeat(200));
+    std::fs::write(&path, format!("{long}\n{{\"payment_id\": \"short\", \"amount\": 1, \"currency\": \"EUR\"}}\n"))
+        .expect("write input");
+    let input = path.display().to_string();
+    let consume = |limits: &[&str]| {
+        let mut args = vec!["consume", "--store", "memory", "--input", &input, "--report", "json"];
+        args.extend_from_slice(limits);
+        report(&run(app(&root(), &args)))
+    };
+    assert_eq!(consume(&["--max-message-bytes", "100"])["invalid"], 1, "the long line is too large");
+    assert_eq!(consume(&["--max-line-bytes", "100"])["invalid"], 1, "the older name does the same");
+    assert_eq!(consume(&["--max-line-bytes", "100", "--max-message-bytes", "1000"])["invalid"], 0);
+    assert_eq!(consume(&[])["applied"], 2, "64 KiB by default");
+}
+
+#[test]
+fn stop_when_idle_ends_a_run_whose_input_stays_open() {
+    let mut child = app(
+        &root(),
+        &["consume", "--store", "memory", "--input", "-", "--stop-when-idle", "0.5", "--report", "json"],
+    )
+    .stdin(std::process::Stdio::piped())
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped())
+    .spawn()
+    .expect("payments-app starts");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    std::io::Write::write_all(&mut stdin, &std::fs::read(root().join("examples/payments.jsonl")).expect("example"))
+        .expect("write");
+    // stdin stays open: only the idle time can end the run.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let exited = child.try_wait().expect("wait").is_some();
+    if !exited {
+        child.kill().expect("kill");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("output");
+    assert!(exited, "--stop-when-idle must end the run while its input is still open");
+    assert_eq!(report(&output), documented_counts());
+}
