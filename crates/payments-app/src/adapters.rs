@@ -12,6 +12,7 @@ use payments_simulator::Opener;
 use payments_sink_lines::{FileDeadLetters, StderrDeadLetters};
 use payments_store_file::FilePaymentsRepository;
 use payments_store_memory::MemoryPaymentsRepository;
+use payments_store_mysql::{MysqlConfig, MysqlPaymentsRepository};
 use payments_store_postgres::{PostgresConfig, PostgresPaymentsRepository};
 
 /// The store used when `--store` is omitted: the durable journal, embedded, no server to run.
@@ -21,14 +22,14 @@ pub const DEFAULT_STORE: &str = "file:./data/payments.journal";
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = payments_source_lines::DEFAULT_MAX_LINE;
 
 /// The help text of `--store`.
-pub const STORE_HELP: &str = "Where payments are recorded: `file:<path>` (a crash-safe journal), `postgres://…` (shared by several instances) or `memory`";
+pub const STORE_HELP: &str = "Where payments are recorded: `file:<path>` (a crash-safe journal), `postgres://…` or `mysql://…` (shared by several instances) or `memory`";
 
 /// Why a spec on the command line names nothing this build can open.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
     /// No store has this form.
-    #[error("unknown store `{0}`: expected `memory`, `file:<path>` or `postgres://…`")]
+    #[error("unknown store `{0}`: expected `memory`, `file:<path>`, `postgres://…` or `mysql://…`")]
     UnknownStore(String),
     /// `file:` without a path.
     #[error("`file:` needs a path, such as file:./data/payments.journal")]
@@ -77,6 +78,8 @@ pub enum StoreSpec {
     File(PathBuf),
     /// `postgres://…`: a PostgreSQL database that several instances can share.
     Postgres(String),
+    /// `mysql://…`: a MySQL or MariaDB database that several instances can share.
+    Mysql(String),
 }
 
 impl FromStr for StoreSpec {
@@ -92,6 +95,8 @@ impl FromStr for StoreSpec {
             Ok(Self::File(PathBuf::from(path)))
         } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
             Ok(Self::Postgres(spec.to_owned()))
+        } else if spec.starts_with("mysql://") {
+            Ok(Self::Mysql(spec.to_owned()))
         } else {
             Err(SpecError::UnknownStore(spec.to_owned()))
         }
@@ -104,7 +109,7 @@ impl fmt::Display for StoreSpec {
         match self {
             Self::Memory => f.write_str("memory"),
             Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Postgres(url) => f.write_str(&redact_password(url)),
+            Self::Postgres(url) | Self::Mysql(url) => f.write_str(&redact_password(url)),
         }
     }
 }
@@ -145,17 +150,25 @@ impl StoreSpec {
                     PostgresPaymentsRepository::connect(config).await.map_err(|err| failed(err.into()))?;
                 Ok(Arc::new(store))
             }
+            Self::Mysql(url) => {
+                let config = MysqlConfig::from_url(url).map_err(|err| failed(err.into()))?;
+                let store =
+                    MysqlPaymentsRepository::connect(config).await.map_err(|err| failed(err.into()))?;
+                Ok(Arc::new(store))
+            }
         }
     }
 
     /// Where dead letters go when `--dead-letter` is not given: beside a file store
     /// (`payments.journal` → `payments.dead-letters.jsonl`), to `./data/dead-letters.jsonl` for
-    /// PostgreSQL, and to stderr for the memory store, which keeps nothing after exit either.
+    /// a database store, and to stderr for the memory store, which keeps nothing after exit either.
     pub fn default_dead_letters(&self) -> DeadLetterSpec {
         match self {
             Self::Memory => DeadLetterSpec::Stderr,
             Self::File(journal) => DeadLetterSpec::File(journal.with_extension("dead-letters.jsonl")),
-            Self::Postgres(_) => DeadLetterSpec::File(PathBuf::from("data/dead-letters.jsonl")),
+            Self::Postgres(_) | Self::Mysql(_) => {
+                DeadLetterSpec::File(PathBuf::from("data/dead-letters.jsonl"))
+            }
         }
     }
 
@@ -292,7 +305,7 @@ mod tests {
         let err = "redis://x".parse::<StoreSpec>().expect_err("not a store");
         assert_eq!(
             err.to_string(),
-            "unknown store `redis://x`: expected `memory`, `file:<path>` or `postgres://…`"
+            "unknown store `redis://x`: expected `memory`, `file:<path>`, `postgres://…` or `mysql://…`"
         );
     }
 
@@ -302,6 +315,8 @@ mod tests {
         assert_eq!(spec.to_string(), "postgres://app:***@db:5432/payments");
         let spec: StoreSpec = "postgres://app@db/payments".parse().expect("valid");
         assert_eq!(spec.to_string(), "postgres://app@db/payments");
+        let spec: StoreSpec = "mysql://app:s3cret@db:3306/payments".parse().expect("valid");
+        assert_eq!(spec.to_string(), "mysql://app:***@db:3306/payments");
     }
 
     #[test]

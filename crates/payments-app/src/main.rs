@@ -223,14 +223,18 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let stop_when_idle = args
         .stop_when_idle
         .map(|secs| {
-            Duration::try_from_secs_f64(secs).with_context(|| format!("--stop-when-idle {secs} is not a duration"))
+            Duration::try_from_secs_f64(secs)
+                .with_context(|| format!("--stop-when-idle {secs} is not a duration"))
         })
         .transpose()?;
     let dead_letter_spec = args.dead_letter.clone().unwrap_or_else(|| args.store.default_dead_letters());
     let dead_letters = dead_letter_spec.open().await?;
     let concurrency = usize::from(args.concurrency.concurrency);
     let options = SourceOptions {
-        max_message_bytes: args.max_message_bytes.or(args.max_line_bytes).unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
+        max_message_bytes: args
+            .max_message_bytes
+            .or(args.max_line_bytes)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
         in_flight: concurrency,
     };
     let source = args.input.open(options).await?;

@@ -89,9 +89,13 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
 fn max_message_bytes_applies_to_lines_and_wins_over_its_older_name() {
     let dir = tempfile::tempdir().expect("temp dir");
     let path = dir.path().join("input.jsonl");
-    let long = format!(r#"{{"payment_id": "long", "amount": 1, "currency": "EUR", "pad": "{}"}}"#, "x".repeat(200));
-    std::fs::write(&path, format!("{long}\n{{\"payment_id\": \"short\", \"amount\": 1, \"currency\": \"EUR\"}}\n"))
-        .expect("write input");
+    let long =
+        format!(r#"{{"payment_id": "long", "amount": 1, "currency": "EUR", "pad": "{}"}}"#, "x".repeat(200));
+    std::fs::write(
+        &path,
+        format!("{long}\n{{\"payment_id\": \"short\", \"amount\": 1, \"currency\": \"EUR\"}}\n"),
+    )
+    .expect("write input");
     let input = path.display().to_string();
     let consume = |limits: &[&str]| {
         let mut args = vec!["consume", "--store", "memory", "--input", &input, "--report", "json"];
@@ -116,8 +120,11 @@ fn stop_when_idle_ends_a_run_whose_input_stays_open() {
     .spawn()
     .expect("payments-app starts");
     let mut stdin = child.stdin.take().expect("piped stdin");
-    std::io::Write::write_all(&mut stdin, &std::fs::read(root().join("examples/payments.jsonl")).expect("example"))
-        .expect("write");
+    std::io::Write::write_all(
+        &mut stdin,
+        &std::fs::read(root().join("examples/payments.jsonl")).expect("example"),
+    )
+    .expect("write");
     // stdin stays open: only the idle time can end the run.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while child.try_wait().expect("wait").is_none() && std::time::Instant::now() < deadline {
