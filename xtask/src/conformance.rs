@@ -105,7 +105,15 @@ struct Row {
     passed: Vec<String>,
     failed: Vec<(String, String)>,
     skipped: Vec<(String, String)>,
+    /// How long the volume case took, in milliseconds.
+    volume_ms: Option<u64>,
 }
+
+/// The cases that measure a suite at volume: their time goes into the matrix.
+const VOLUME_CASES: &[&str] = &[
+    "a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_found",
+    "many_messages_are_each_delivered",
+];
 
 /// Prints one line per adapter with passed / failed / skipped counts, then every skipped and failed
 /// case by name. Fails when a case failed, or when an adapter reported nothing.
@@ -124,6 +132,9 @@ pub(crate) fn print_matrix(
                 .with_context(|| format!("a broken line in {}: {line}", path.display()))?;
             let field = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
             let row = rows.entry((field("kind"), field("adapter"))).or_default();
+            if VOLUME_CASES.contains(&field("case").as_str()) {
+                row.volume_ms = value["elapsed_ms"].as_u64();
+            }
             match value["outcome"].as_str() {
                 Some("passed") => row.passed.push(field("case")),
                 Some("failed") => row.failed.push((field("case"), field("detail"))),
@@ -134,7 +145,10 @@ pub(crate) fn print_matrix(
     }
 
     shell::section("conformance matrix");
-    eprintln!("{:<7} {:<12} {:>7} {:>7} {:>8}", "kind", "adapter", "passed", "failed", "skipped");
+    eprintln!(
+        "{:<7} {:<12} {:>7} {:>7} {:>8} {:>10}",
+        "kind", "adapter", "passed", "failed", "skipped", "volume s"
+    );
     let mut problems = Vec::new();
     let selected = selected(workspace, only)?;
     let known: Vec<(&str, &str)> = selected
@@ -144,13 +158,14 @@ pub(crate) fn print_matrix(
     for (adapter, (kind, name)) in selected.iter().zip(&known) {
         match rows.get(&((*kind).to_owned(), (*name).to_owned())) {
             Some(row) => eprintln!(
-                "{kind:<7} {name:<12} {:>7} {:>7} {:>8}",
+                "{kind:<7} {name:<12} {:>7} {:>7} {:>8} {:>10}",
                 row.passed.len(),
                 row.failed.len(),
-                row.skipped.len()
+                row.skipped.len(),
+                row.volume_ms.map_or_else(|| "-".to_owned(), |ms| format!("{:.1}", ms as f64 / 1000.0))
             ),
             None => {
-                eprintln!("{kind:<7} {name:<12} {:>7} {:>7} {:>8}", "-", "-", "-");
+                eprintln!("{kind:<7} {name:<12} {:>7} {:>7} {:>8} {:>10}", "-", "-", "-", "-");
                 problems.push(silent_crate(&adapter.name, kind, name, &rows, &known));
             }
         }

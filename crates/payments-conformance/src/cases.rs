@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use futures::future::join_all;
 use payments_ports::domain::{Amount, Payment, PaymentId, SaveOutcome};
-use payments_ports::{PaymentsRepository, RepositoryError, error_chain, export_all};
+use payments_ports::{PaymentsRepository, check_page, error_chain};
 use tokio::sync::Barrier;
 
+use crate::kill::every_payment_reported_new_survives_a_sigkill;
 use crate::model::random_operation_sequences_match_a_btreemap_model;
 use crate::{Capability, Fixture};
 
@@ -71,10 +72,12 @@ cases! {
     ids_that_share_a_prefix_are_different_payments,
     amounts_at_the_limits_are_kept_exactly,
     random_operation_sequences_match_a_btreemap_model,
+    a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_found,
     a_reopened_store_keeps_every_payment needs Durable,
     saving_again_after_reopening_reports_duplicate needs Durable,
     a_conflicting_save_after_reopening_reports_conflict needs Durable,
     payments_saved_after_reopening_survive_the_next_reopening needs Durable,
+    every_payment_reported_new_survives_a_sigkill needs Killable,
     instances_sharing_a_store_record_each_payment_exactly_once needs Shared,
     a_payment_saved_through_one_instance_is_a_duplicate_through_another needs Shared,
     a_conflict_is_detected_across_instances needs Shared,
@@ -108,14 +111,34 @@ async fn count(store: &dyn PaymentsRepository) -> u64 {
 
 /// Every recorded payment, through the export loop.
 async fn export(store: &dyn PaymentsRepository) -> Vec<Payment> {
+    export_paged(store, 1000).await
+}
+
+/// Every recorded payment, through `list` pages of `page_size`. Each page is checked against
+/// sentence 8, and the loop is bounded (at most count / page_size + 2 pages, which is count + 2
+/// for pages of one), so that a store whose paging runs away fails with the sentence it broke,
+/// well inside the case timeout, instead of eating memory until the process is killed.
+async fn export_paged(store: &dyn PaymentsRepository, page_size: usize) -> Vec<Payment> {
+    let count = count(store).await;
+    let most_pages = count / page_size as u64 + 2;
     let mut all = Vec::new();
-    export_all(store, 1000, |p| {
-        all.push(p);
-        Ok::<_, RepositoryError>(())
-    })
-    .await
-    .unwrap_or_else(|err| panic!("export failed: {}", error_chain(&err)));
-    all
+    let mut after = None;
+    for _ in 0..most_pages {
+        let page = store
+            .list(after, page_size)
+            .await
+            .unwrap_or_else(|err| panic!("list failed: {}", error_chain(&err)));
+        if let Err(err) = check_page(after.as_ref(), page_size, &page) {
+            panic!("{}", error_chain(&err));
+        }
+        let Some(last) = page.last() else { return all };
+        after = Some(last.id);
+        all.extend(page);
+    }
+    panic!(
+        "the store broke sentence 8 of the PaymentsRepository contract: paging from the start in pages of \
+         {page_size} did not end after {most_pages} pages, though the store counts {count} payments"
+    )
 }
 
 fn assert_conflict(outcome: SaveOutcome, stored: &Payment, incoming: &Payment, sentence: &str) {
@@ -520,6 +543,100 @@ async fn amounts_at_the_limits_are_kept_exactly(f: &Fixture) {
         &payment("pay-max", Amount::MAX - 1, "EUR"),
         "amounts one minor unit apart",
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Volume
+
+async fn a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_found(f: &Fixture) {
+    const PAYMENTS: usize = 100_000;
+    const TASKS: usize = 64;
+    let store = f.open().await;
+    // First every payment, each also sent again by another task (every tenth): exactly one new
+    // per payment, whoever comes first.
+    let first = save_concurrently(&store, TASKS, |task| {
+        let mut work: Vec<Payment> = (task..PAYMENTS).step_by(TASKS).map(numbered).collect();
+        work.extend(
+            (task..PAYMENTS).step_by(TASKS).filter(|i| i.is_multiple_of(10)).map(|i| numbered((i + 7) % PAYMENTS)),
+        );
+        work
+    })
+    .await;
+    let mut new = vec![0u8; PAYMENTS];
+    for (payment, outcome) in &first {
+        match outcome {
+            SaveOutcome::New => new[number_of(payment)] += 1,
+            SaveOutcome::Duplicate => {}
+            SaveOutcome::Conflict(c) => panic!("identical saves must never conflict: {c}"),
+        }
+    }
+    let wrong = new.iter().filter(|&&n| n != 1).count();
+    assert_eq!(wrong, 0, "each of {PAYMENTS} payments must be reported new exactly once; {wrong} were not");
+    // Then duplicates and conflicting versions (every fiftieth), at once: nothing changes.
+    let second = save_concurrently(&store, TASKS, |task| {
+        (task..PAYMENTS)
+            .step_by(TASKS)
+            .filter(|i| i.is_multiple_of(25))
+            .map(|i| if i.is_multiple_of(50) { conflicting(i) } else { numbered(i) })
+            .collect()
+    })
+    .await;
+    for (payment, outcome) in &second {
+        let i = number_of(payment);
+        match outcome {
+            SaveOutcome::Duplicate if !i.is_multiple_of(50) => {}
+            SaveOutcome::Conflict(c) if i.is_multiple_of(50) && c.stored == numbered(i) => {}
+            other => panic!(
+                "saving {payment} again at volume must be a duplicate or a conflict with the first version, got {other:?}"
+            ),
+        }
+    }
+    let expected: Vec<Payment> = (0..PAYMENTS).map(numbered).collect();
+    let check = |store: Arc<dyn PaymentsRepository>, when: &'static str| {
+        let expected = &expected;
+        async move {
+            assert_eq!(
+                count(store.as_ref()).await,
+                PAYMENTS as u64,
+                "{when}: the count must be exact at volume"
+            );
+            for page_size in [997, PAYMENTS + 1] {
+                let listed = export_paged(store.as_ref(), page_size).await;
+                let first_wrong = listed.iter().zip(expected).position(|(got, want)| got != want);
+                assert_eq!(
+                    (listed.len(), first_wrong),
+                    (PAYMENTS, None),
+                    "{when}: paging in pages of {page_size} must yield every payment once, in ID order"
+                );
+            }
+            for i in (0..PAYMENTS).step_by(997) {
+                let p = numbered(i);
+                assert_eq!(get(store.as_ref(), &p.id).await, Some(p), "{when}: get must find payment {i}");
+            }
+            store
+        }
+    };
+    let store = check(store, "after saving").await;
+    if f.capabilities.durable {
+        let store = f.reopen(store).await;
+        check(store, "after reopening").await;
+    }
+}
+
+/// The number `numbered` made `payment` from.
+fn number_of(payment: &Payment) -> usize {
+    payment
+        .id
+        .as_str()
+        .trim_start_matches("pay-")
+        .parse()
+        .unwrap_or_else(|_| panic!("not numbered: {payment}"))
+}
+
+/// The `i`th numbered payment in another amount.
+fn conflicting(i: usize) -> Payment {
+    let original = numbered(i);
+    payment(original.id.as_str(), original.amount.minor_units() + 1, original.currency.as_str())
 }
 
 // ---------------------------------------------------------------------------------------------

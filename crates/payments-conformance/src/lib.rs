@@ -26,6 +26,7 @@
 //! with the capability it needs: it never passes silently.
 
 mod cases;
+mod kill;
 mod model;
 mod runner;
 pub mod source;
@@ -41,7 +42,8 @@ pub use payments_ports::BoxError;
 use payments_ports::PaymentsRepository;
 
 pub use cases::{Case, all_cases};
-pub use runner::{CaseOutcome, main, run_case};
+pub use kill::child_if_asked;
+pub use runner::{CaseOutcome, main, run_case, run_case_within};
 
 /// What an adapter can do beyond the base contract. Cases that need a capability are skipped (by
 /// name) for adapters without it.
@@ -53,6 +55,10 @@ pub struct Capabilities {
     /// Several store instances, each with its own connections or handles, can be open on one
     /// environment at the same time, and the contract holds across them.
     pub shared: bool,
+    /// A child process can open the same environment (the harness implements
+    /// [`Harness::locate`] and [`Harness::open_at`]), so the suite can SIGKILL one mid-save and
+    /// check what it reported new. Meaningful with `durable`.
+    pub killable: bool,
 }
 
 /// A capability a case may need.
@@ -62,6 +68,8 @@ pub enum Capability {
     Durable,
     /// See [`Capabilities::shared`].
     Shared,
+    /// See [`Capabilities::killable`].
+    Killable,
 }
 
 impl Capabilities {
@@ -70,6 +78,7 @@ impl Capabilities {
         match capability {
             Capability::Durable => self.durable,
             Capability::Shared => self.shared,
+            Capability::Killable => self.durable && self.killable,
         }
     }
 }
@@ -79,6 +88,7 @@ impl fmt::Display for Capability {
         f.write_str(match self {
             Self::Durable => "durable",
             Self::Shared => "shared",
+            Self::Killable => "killable",
         })
     }
 }
@@ -114,6 +124,21 @@ pub trait Harness: Send + Sync + 'static {
         let _ = env;
         Ok(())
     }
+
+    /// Where another process finds `env`: a path, a URL. Needed by the `killable` capability only.
+    fn locate(&self, env: &Self::Env) -> Option<String> {
+        let _ = env;
+        None
+    }
+
+    /// Opens a store on the environment `locator` names, in the kill case's child process.
+    async fn open_at(&self, locator: &str) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
+        Err(format!(
+            "the {} harness cannot open a store at {locator}: it does not declare `killable`",
+            self.adapter()
+        )
+        .into())
+    }
 }
 
 type OpenFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn PaymentsRepository>, BoxError>> + Send>>;
@@ -122,6 +147,7 @@ type OpenFuture = Pin<Box<dyn Future<Output = Result<Arc<dyn PaymentsRepository>
 pub struct Fixture {
     adapter: &'static str,
     capabilities: Capabilities,
+    locator: Option<String>,
     open: Box<dyn Fn() -> OpenFuture + Send + Sync>,
 }
 
@@ -136,6 +162,7 @@ impl Fixture {
         Self {
             adapter: harness.adapter(),
             capabilities: harness.capabilities(),
+            locator: harness.locate(&env),
             open: Box::new(move || {
                 let (harness, env) = (Arc::clone(&harness), Arc::clone(&env));
                 Box::pin(async move { harness.open(&env).await })
@@ -160,11 +187,17 @@ impl Fixture {
         }
     }
 
+    /// Where a child process finds this case's environment, for the killable case.
+    pub fn locator(&self) -> Option<&str> {
+        self.locator.as_deref()
+    }
+
     /// Closes `store` and opens the environment again, as a restarted process would.
     ///
     /// # Panics
     ///
-    /// When someone still holds `store` (it would not be closed), or when opening fails.
+    /// When someone still holds `store` (it would not be closed), when closing fails, or when
+    /// opening fails.
     pub async fn reopen(&self, store: Arc<dyn PaymentsRepository>) -> Arc<dyn PaymentsRepository> {
         assert!(self.capabilities.durable, "reopen is only meaningful for a durable adapter");
         assert_eq!(
@@ -172,6 +205,9 @@ impl Fixture {
             1,
             "the store to reopen is still shared, so it cannot be closed"
         );
+        if let Err(err) = store.close().await {
+            panic!("{} adapter could not close a store: {}", self.adapter, payments_ports::error_chain(&err));
+        }
         drop(store);
         self.open().await
     }

@@ -42,6 +42,11 @@ fn case_timeout() -> Duration {
 ///
 /// Must be called inside a multi-threaded tokio runtime: the concurrency cases spawn tasks.
 pub async fn run_case<H: Harness>(harness: Arc<H>, case: &Case) -> CaseOutcome {
+    run_case_within(harness, case, case_timeout()).await
+}
+
+/// [`run_case`], failing the case if it takes longer than `timeout`.
+pub async fn run_case_within<H: Harness>(harness: Arc<H>, case: &Case, timeout: Duration) -> CaseOutcome {
     let adapter = harness.adapter();
     if let Some(capability) = case.needs.filter(|&c| !harness.capabilities().has(c)) {
         return CaseOutcome::Skipped(format!(
@@ -56,28 +61,51 @@ pub async fn run_case<H: Harness>(harness: Arc<H>, case: &Case) -> CaseOutcome {
     };
     let fixture = Fixture::new(Arc::clone(&harness), Arc::clone(&env));
     let run = case.run;
-    let outcome = isolated(adapter, case.name, async move { run(&fixture).await }).await;
+    let outcome = isolated_within(adapter, case.name, timeout, async move { run(&fixture).await }).await;
     after_teardown(adapter, case.name, outcome, harness.teardown(&env).await)
 }
 
-/// Runs one case's body in a task of its own, so that a panic (a broken sentence) is caught as its
-/// outcome, within the case timeout (a deadlock is a failure, not a wait).
+/// Runs one case's body on a thread and a runtime of its own, so that a panic (a broken sentence)
+/// is caught as its outcome, and the case timeout holds whatever the body does: a deadlock, or a
+/// body that blocks its thread (the model-based case drives proptest synchronously), fails its
+/// case by name, and the run goes on. A hung case's thread is left behind until the process ends.
 pub(crate) async fn isolated(
     adapter: &'static str,
     case: &'static str,
     body: impl Future<Output = ()> + Send + 'static,
 ) -> CaseOutcome {
-    let timeout = case_timeout();
-    let joined = tokio::spawn(tokio::time::timeout(timeout, body)).await;
-    match joined {
-        Ok(Ok(())) => CaseOutcome::Passed,
-        Ok(Err(_)) => CaseOutcome::Failed(format!(
-            "{adapter} adapter broke {case}: the case did not finish within {timeout:?} (a deadlock or a lost wake-up)"
-        )),
-        Err(err) if err.is_panic() => {
-            CaseOutcome::Failed(format!("{adapter} adapter broke {case}: {}", panic_text(err.into_panic())))
+    isolated_within(adapter, case, case_timeout(), body).await
+}
+
+/// [`isolated`], with the timeout given.
+pub(crate) async fn isolated_within(
+    adapter: &'static str,
+    case: &'static str,
+    timeout: Duration,
+    body: impl Future<Output = ()> + Send + 'static,
+) -> CaseOutcome {
+    let (done, outcome) = tokio::sync::oneshot::channel();
+    let started = std::thread::Builder::new().name(format!("case {case}")).spawn(move || {
+        let runtime = runtime();
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| runtime.block_on(body)));
+        let _ = done.send(result);
+        // Tasks the case left running are the adapter's business: do not wait for them.
+        runtime.shutdown_background();
+    });
+    if let Err(err) = started {
+        return CaseOutcome::Failed(format!("{adapter} adapter: cannot start a thread for {case}: {err}"));
+    }
+    match tokio::time::timeout(timeout, outcome).await {
+        Ok(Ok(Ok(()))) => CaseOutcome::Passed,
+        Ok(Ok(Err(panic))) => {
+            CaseOutcome::Failed(format!("{adapter} adapter broke {case}: {}", panic_text(panic)))
         }
-        Err(err) => CaseOutcome::Failed(format!("{adapter} adapter: case {case} was cancelled: {err}")),
+        Ok(Err(_)) => {
+            CaseOutcome::Failed(format!("{adapter} adapter: the thread of {case} ended without an outcome"))
+        }
+        Err(_) => CaseOutcome::Failed(format!(
+            "{adapter} adapter broke {case}: the case did not finish within {timeout:?} (a deadlock, a lost wake-up or a loop that never ends)"
+        )),
     }
 }
 
@@ -125,6 +153,9 @@ pub(crate) fn runtime() -> tokio::runtime::Runtime {
 /// When `PAYMENTS_CONFORMANCE_REPORT_DIR` is set, each outcome is also appended to
 /// `<dir>/<adapter>-<pid>.jsonl`, from which `cargo xtask` prints the conformance matrix.
 pub fn main<H: Harness>(harness: H) -> ExitCode {
+    if let Some(code) = crate::kill::child_if_asked(&harness) {
+        return code;
+    }
     let harness = Arc::new(harness);
     let adapter = harness.adapter();
     let availability = runtime().block_on(harness.available());
@@ -194,18 +225,23 @@ pub(crate) fn run_entries(
                     .with_ignored_flag(true);
             }
             let report = report.clone();
-            Trial::test(name, move || match run() {
-                CaseOutcome::Passed => {
-                    report.record(case, "passed", "");
-                    Ok(())
-                }
-                CaseOutcome::Failed(text) => {
-                    report.record(case, "failed", &text);
-                    Err(Failed::from(text))
-                }
-                CaseOutcome::Skipped(text) => {
-                    report.record(case, "skipped", &text);
-                    Err(Failed::from(format!("skipped unexpectedly: {text}")))
+            Trial::test(name, move || {
+                let started = std::time::Instant::now();
+                let outcome = run();
+                let report = report.timed(started.elapsed());
+                match outcome {
+                    CaseOutcome::Passed => {
+                        report.record(case, "passed", "");
+                        Ok(())
+                    }
+                    CaseOutcome::Failed(text) => {
+                        report.record(case, "failed", &text);
+                        Err(Failed::from(text))
+                    }
+                    CaseOutcome::Skipped(text) => {
+                        report.record(case, "skipped", &text);
+                        Err(Failed::from(format!("skipped unexpectedly: {text}")))
+                    }
                 }
             })
         })
@@ -220,6 +256,8 @@ struct Report {
     kind: &'static str,
     adapter: &'static str,
     file: Option<Arc<Mutex<File>>>,
+    /// How long the case took, for the lines it records.
+    elapsed: Option<Duration>,
 }
 
 #[derive(Serialize)]
@@ -229,11 +267,13 @@ struct Line<'a> {
     case: &'a str,
     outcome: &'a str,
     detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    elapsed_ms: Option<u128>,
 }
 
 impl Report {
     const fn disabled() -> Self {
-        Self { kind: "", adapter: "", file: None }
+        Self { kind: "", adapter: "", file: None, elapsed: None }
     }
 
     fn from_env(kind: &'static str, adapter: &'static str) -> Self {
@@ -244,12 +284,18 @@ impl Report {
         let file = std::fs::create_dir_all(&dir)
             .and_then(|()| OpenOptions::new().create(true).append(true).open(&path))
             .unwrap_or_else(|err| panic!("cannot write the conformance report {}: {err}", path.display()));
-        Self { kind, adapter, file: Some(Arc::new(Mutex::new(file))) }
+        Self { kind, adapter, file: Some(Arc::new(Mutex::new(file))), elapsed: None }
+    }
+
+    /// The same report, for a case that took `elapsed`.
+    fn timed(&self, elapsed: Duration) -> Self {
+        Self { elapsed: Some(elapsed), ..self.clone() }
     }
 
     fn record(&self, case: &str, outcome: &str, detail: &str) {
         let Some(file) = &self.file else { return };
-        let line = Line { kind: self.kind, adapter: self.adapter, case, outcome, detail };
+        let elapsed_ms = self.elapsed.map(|elapsed| elapsed.as_millis());
+        let line = Line { kind: self.kind, adapter: self.adapter, case, outcome, detail, elapsed_ms };
         let mut line = serde_json::to_vec(&line)
             .unwrap_or_else(|err| panic!("cannot encode a conformance report line: {err}"));
         line.push(b'\n');

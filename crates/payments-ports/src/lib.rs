@@ -25,7 +25,7 @@ pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSin
 pub use publisher::{OutgoingMessage, PublishError, Publisher};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockPaymentsRepository;
-pub use repository::{BoxError, PaymentsRepository, RepositoryError, export_all};
+pub use repository::{BoxError, PaymentsRepository, RepositoryError, check_page, export_all};
 pub use source::{Delivery, DeliverySource, Payload, Receipt, SourceError};
 
 /// Re-exported so that an adapter needs only this crate to implement the port.

@@ -154,11 +154,16 @@ impl RepositoryError {
 /// Pages through `repository` from the first ID to the last, handing each payment to `each`:
 /// the export loop that [`PaymentsRepository::list`] is for.
 ///
+/// Every page is checked against sentence 8 of the contract (at most `limit` payments, IDs
+/// ascending, all strictly after the cursor), so that a store whose paging does not advance fails
+/// with the sentence it broke instead of looping for ever.
+///
 /// Returns how many payments were exported.
 ///
 /// # Errors
 ///
-/// The first error of the repository, or of `each`.
+/// The first error of the repository (a page that breaks sentence 8 is
+/// [`RepositoryError::Failed`]), or of `each`.
 pub async fn export_all<E>(
     repository: &dyn PaymentsRepository,
     page_size: usize,
@@ -167,10 +172,12 @@ pub async fn export_all<E>(
 where
     E: From<RepositoryError>,
 {
+    let limit = page_size.max(1);
     let mut after = None;
     let mut exported = 0;
     loop {
-        let page = repository.list(after, page_size.max(1)).await?;
+        let page = repository.list(after, limit).await?;
+        check_page(after.as_ref(), limit, &page)?;
         let Some(last) = page.last() else { return Ok(exported) };
         after = Some(last.id);
         for payment in page {
@@ -178,6 +185,38 @@ where
             each(payment)?;
         }
     }
+}
+
+/// Whether `page`, the answer to `list(after, limit)`, keeps sentence 8.
+///
+/// # Errors
+///
+/// [`RepositoryError::Failed`] naming the sentence and what the page held.
+pub fn check_page(after: Option<&PaymentId>, limit: usize, page: &[Payment]) -> Result<(), RepositoryError> {
+    let broke = |what: String| {
+        RepositoryError::failed(format!(
+            "the store broke sentence 8 of the PaymentsRepository contract: {what}"
+        ))
+    };
+    let cursor = after.map_or_else(|| "the start".to_owned(), |id| format!("`{id}`"));
+    if page.len() > limit {
+        return Err(broke(format!(
+            "a page after {cursor} holds {} payments, over the limit of {limit}",
+            page.len()
+        )));
+    }
+    let mut previous = after;
+    for payment in page {
+        if previous.is_some_and(|previous| payment.id <= *previous) {
+            return Err(broke(format!(
+                "the page after {cursor} lists `{}` after `{}`: IDs must ascend strictly from after the cursor",
+                payment.id,
+                previous.map_or_else(String::new, ToString::to_string)
+            )));
+        }
+        previous = Some(&payment.id);
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -236,6 +275,28 @@ mod tests {
         .expect("export succeeds");
         assert_eq!(exported, 3);
         assert_eq!(seen, ["a", "b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn export_all_refuses_a_page_that_does_not_advance_instead_of_looping() {
+        let mut repository = MockPaymentsRepository::new();
+        // `list` includes its cursor: a store with `>=` where `>` belongs.
+        repository.expect_list().returning(|after, _| {
+            Ok(match after {
+                None => vec![payment("a"), payment("b")],
+                Some(after) => {
+                    vec![Payment::new(after, payment("x").amount, payment("x").currency), payment("c")]
+                }
+            })
+        });
+        let result = export_all(&repository, 2, |_| Ok::<_, RepositoryError>(())).await;
+        let err = result.expect_err("a page that repeats the cursor breaks sentence 8");
+        assert!(!err.is_unavailable());
+        assert_eq!(
+            err.to_string(),
+            "payments store failed: the store broke sentence 8 of the PaymentsRepository contract: the page after `b` \
+             lists `b` after `b`: IDs must ascend strictly from after the cursor"
+        );
     }
 
     #[tokio::test]

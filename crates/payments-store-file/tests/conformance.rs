@@ -19,9 +19,9 @@ impl Harness for FileHarness {
         "file"
     }
 
-    /// Everything survives a reopen; the journal is locked to one instance at a time.
+    /// Everything survives a reopen, and a SIGKILL; the journal is locked to one instance at a time.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: false }
+        Capabilities { durable: true, shared: false, killable: true }
     }
 
     async fn setup(&self) -> Result<TempDir, BoxError> {
@@ -29,7 +29,15 @@ impl Harness for FileHarness {
     }
 
     async fn open(&self, dir: &TempDir) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
-        let path = dir.path().join("payments.journal");
+        self.open_at(&dir.path().display().to_string()).await
+    }
+
+    fn locate(&self, dir: &TempDir) -> Option<String> {
+        Some(dir.path().display().to_string())
+    }
+
+    async fn open_at(&self, dir: &str) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
+        let path = std::path::Path::new(dir).join("payments.journal");
         let store = tokio::task::spawn_blocking(move || FilePaymentsRepository::open(path)).await??;
         Ok(Arc::new(store))
     }

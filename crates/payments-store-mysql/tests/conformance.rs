@@ -20,9 +20,9 @@ impl Harness for MysqlHarness {
         "mysql"
     }
 
-    /// Survives reconnecting, and several pools (several processes) share one database.
+    /// Survives reconnecting and SIGKILLs, and several pools (several processes) share one database.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true }
+        Capabilities { durable: true, shared: true, killable: true }
     }
 
     async fn available(&self) -> Result<(), String> {
@@ -34,7 +34,15 @@ impl Harness for MysqlHarness {
     }
 
     async fn open(&self, database: &TestDatabase) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
-        Ok(Arc::new(MysqlPaymentsRepository::connect(MysqlConfig::from_url(&database.url())?).await?))
+        self.open_at(&database.url()).await
+    }
+
+    fn locate(&self, database: &TestDatabase) -> Option<String> {
+        Some(database.url())
+    }
+
+    async fn open_at(&self, url: &str) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
+        Ok(Arc::new(MysqlPaymentsRepository::connect(MysqlConfig::from_url(url)?).await?))
     }
 
     async fn teardown(&self, database: &TestDatabase) -> Result<(), BoxError> {

@@ -20,9 +20,9 @@ impl Harness for PostgresHarness {
         "postgres"
     }
 
-    /// Survives reconnecting, and several pools (several processes) share one schema.
+    /// Survives reconnecting and SIGKILLs, and several pools (several processes) share one schema.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true }
+        Capabilities { durable: true, shared: true, killable: true }
     }
 
     async fn available(&self) -> Result<(), String> {
@@ -34,8 +34,15 @@ impl Harness for PostgresHarness {
     }
 
     async fn open(&self, schema: &TestSchema) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
-        let config = PostgresConfig::from_url(&schema.url())?;
-        Ok(Arc::new(PostgresPaymentsRepository::connect(config).await?))
+        self.open_at(&schema.url()).await
+    }
+
+    fn locate(&self, schema: &TestSchema) -> Option<String> {
+        Some(schema.url())
+    }
+
+    async fn open_at(&self, url: &str) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
+        Ok(Arc::new(PostgresPaymentsRepository::connect(PostgresConfig::from_url(url)?).await?))
     }
 
     async fn teardown(&self, schema: &TestSchema) -> Result<(), BoxError> {

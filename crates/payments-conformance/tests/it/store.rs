@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use payments_conformance::{BoxError, Capabilities, CaseOutcome, Harness, all_cases, run_case};
+use payments_conformance::{
+    BoxError, Capabilities, CaseOutcome, Harness, all_cases, run_case, run_case_within,
+};
 use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
 use payments_ports::{PaymentsRepository, RepositoryError};
 
@@ -24,6 +26,12 @@ enum Bug {
     Amnesia,
     /// Claims to be shared, but every instance has its own map.
     NotShared,
+    /// `list` includes its cursor (`>=` where `>` belongs): paging never advances.
+    PagingIncludesCursor,
+    /// `count` keeps 16 bits: right below 65,536 payments, wrong above.
+    NarrowCount,
+    /// `list` blocks its thread for ever, as a deadlocked driver would.
+    BlocksInList,
 }
 
 type Map = Arc<Mutex<BTreeMap<PaymentId, Payment>>>;
@@ -74,13 +82,22 @@ impl PaymentsRepository for BrokenRepository {
     }
 
     async fn count(&self) -> Result<u64, RepositoryError> {
-        Ok(self.lock().len() as u64)
+        let len = self.lock().len();
+        Ok(if self.bug == Bug::NarrowCount { u64::from(len as u16) } else { len as u64 })
     }
 
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
+        if self.bug == Bug::BlocksInList {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
         let payments = self.lock();
+        let from = if self.bug == Bug::PagingIncludesCursor {
+            std::ops::Bound::Included
+        } else {
+            std::ops::Bound::Excluded
+        };
         let range = match after {
-            Some(after) => payments.range((std::ops::Bound::Excluded(after), std::ops::Bound::Unbounded)),
+            Some(after) => payments.range((from(after), std::ops::Bound::Unbounded)),
             None => payments.range(..),
         };
         Ok(range.take(limit).map(|(_, p)| p.clone()).collect())
@@ -99,7 +116,7 @@ impl Harness for BrokenHarness {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true }
+        Capabilities { durable: true, shared: true, killable: false }
     }
 
     async fn setup(&self) -> Result<Map, BoxError> {
@@ -123,6 +140,8 @@ fn failing_cases(bug: Bug) -> Vec<&'static str> {
     let harness = Arc::new(BrokenHarness(bug));
     all_cases()
         .iter()
+        // The killable case needs a child process that reaches the map, which lives in this one.
+        .filter(|case| case.needs != Some(payments_conformance::Capability::Killable))
         .filter_map(|case| match runtime.block_on(run_case(Arc::clone(&harness), case)) {
             CaseOutcome::Passed => None,
             CaseOutcome::Failed(_) => Some(case.name),
@@ -204,6 +223,53 @@ fn catches_instances_that_do_not_share() {
             "a_payment_saved_through_one_instance_is_a_duplicate_through_another",
             "a_conflict_is_detected_across_instances",
         ],
+    );
+}
+
+#[test]
+fn catches_paging_that_never_advances_without_running_away() {
+    let started = std::time::Instant::now();
+    assert_caught(
+        Bug::PagingIncludesCursor,
+        &[
+            "list_pages_ascend_by_id_and_start_strictly_after_the_cursor",
+            "every_recorded_payment_round_trips_through_the_export",
+            "random_operation_sequences_match_a_btreemap_model",
+            "a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_found",
+        ],
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(120), "bounded: {:?}", started.elapsed());
+}
+
+#[test]
+fn catches_a_count_narrower_than_thirty_two_bits() {
+    assert_caught(
+        Bug::NarrowCount,
+        &["a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_found"],
+    );
+}
+
+#[test]
+fn a_store_that_blocks_its_thread_fails_the_model_case_by_its_timeout_and_the_run_goes_on() {
+    crate::quiet_case_panics();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let case = all_cases()
+        .into_iter()
+        .find(|c| c.name == "random_operation_sequences_match_a_btreemap_model")
+        .expect("the model case");
+    let started = std::time::Instant::now();
+    let timeout = std::time::Duration::from_secs(3);
+    let outcome =
+        runtime.block_on(run_case_within(Arc::new(BrokenHarness(Bug::BlocksInList)), &case, timeout));
+    let CaseOutcome::Failed(text) = outcome else {
+        panic!("a blocked store must fail the case, got {outcome:?}")
+    };
+    assert!(text.contains("did not finish within 3s"), "{text}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "the timeout must hold: {:?}",
+        started.elapsed()
     );
 }
 

@@ -1,0 +1,194 @@
+//! The kill case: durability the suite can check for any store, with no code of the store's own.
+//!
+//! The conformance binary runs itself again as a child process that opens a store on the case's
+//! environment (through [`Harness::open_at`]), saves payments from many tasks and prints each one
+//! the store reports new. The case SIGKILLs it at a random moment, opens the environment again,
+//! and checks that every payment reported new is there, with its amount. What this cannot see: a
+//! SIGKILL keeps the page cache, so a store that never syncs passes it too. A store's own fault
+//! tests (failed syncs, power cuts) remain its author's job.
+
+// The child reports on stdout, for its parent; errors go to stderr.
+#![allow(clippy::print_stderr)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use payments_ports::domain::{Payment, SaveOutcome};
+use payments_ports::error_chain;
+
+use crate::runner::runtime;
+use crate::{Fixture, Harness};
+
+/// Set in the child's environment: the locator of the store it opens.
+const CHILD_ENV: &str = "PAYMENTS_CONFORMANCE_KILL_CHILD";
+/// Set in the child's environment: which round it plays, so that its payments are new.
+const ROUND_ENV: &str = "PAYMENTS_CONFORMANCE_KILL_ROUND";
+
+/// Tasks saving at once in the child.
+const TASKS: usize = 16;
+/// The most payments one child task saves, so that a child nobody kills still ends.
+const PER_TASK: usize = 20_000;
+/// Children killed per case.
+const ROUNDS: usize = 5;
+
+/// The `i`th payment of `task` in `round`.
+fn payment(round: usize, task: usize, i: usize) -> Payment {
+    Payment::parse(&format!("kill-{round}-{task:02}-{i:05}"), 100 + i as u64, "EUR")
+        .unwrap_or_else(|err| panic!("the kill case built an invalid payment: {err}"))
+}
+
+/// In a child started by the kill case, plays the child and returns its exit code; otherwise `None`.
+///
+/// [`crate::main`] calls it first thing; a test binary that runs cases itself (with
+/// [`crate::run_case`]) must do the same, since the child is the same binary started again.
+pub fn child_if_asked<H: Harness>(harness: &H) -> Option<ExitCode> {
+    let locator = std::env::var(CHILD_ENV).ok()?;
+    let round = std::env::var(ROUND_ENV).ok().and_then(|r| r.parse().ok()).unwrap_or(0);
+    Some(runtime().block_on(async {
+        let store = match harness.open_at(&locator).await {
+            Ok(store) => store,
+            Err(err) => {
+                eprintln!("kill child: cannot open the store at {locator}: {err}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let tasks = (0..TASKS).map(|task| {
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                for i in 0..PER_TASK {
+                    let payment = payment(round, task, i);
+                    match store.save(&payment).await {
+                        Ok(SaveOutcome::New) => {
+                            // One whole line per report; the parent counts only whole lines.
+                            let mut out = std::io::stdout().lock();
+                            if writeln!(out, "{}", payment.id).and_then(|()| out.flush()).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(other) => {
+                            eprintln!("kill child: a new payment {payment} was answered {other:?}");
+                            return;
+                        }
+                        Err(err) => {
+                            eprintln!("kill child: saving {payment} failed: {}", error_chain(&err));
+                            return;
+                        }
+                    }
+                }
+            })
+        });
+        futures::future::join_all(tasks).await;
+        ExitCode::SUCCESS
+    }))
+}
+
+/// One child's run: the IDs it reported new, and whether it was still at work when killed.
+struct Round {
+    reported: Vec<String>,
+    mid_work: bool,
+}
+
+/// Starts a child on `locator`, waits for its first report, kills it a random moment later, and
+/// collects what it reported.
+fn kill_one(locator: &str, round: usize) -> Round {
+    let exe = std::env::current_exe().unwrap_or_else(|err| panic!("cannot find the test binary: {err}"));
+    let mut child = Command::new(exe)
+        .env(CHILD_ENV, locator)
+        .env(ROUND_ENV, round.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|err| panic!("cannot start the kill case's child: {err}"));
+    let stdout = child.stdout.take().unwrap_or_else(|| panic!("the child's stdout is piped"));
+    let (first, first_seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        // Only whole lines count: a kill can cut the last one short.
+        while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            if line.last() == Some(&b'\n') {
+                lines.push(String::from_utf8_lossy(&line[..line.len() - 1]).into_owned());
+                if lines.len() == 1 {
+                    let _ = first.send(());
+                }
+            }
+            line.clear();
+        }
+        lines
+    });
+    let started = Instant::now();
+    let reporting = first_seen.recv_timeout(Duration::from_secs(60)).is_ok();
+    if reporting {
+        std::thread::sleep(Duration::from_millis(fastrand::u64(5..150)));
+    }
+    let mid_work = matches!(child.try_wait(), Ok(None));
+    let _ = child.kill(); // SIGKILL
+    let status = child.wait().unwrap_or_else(|err| panic!("cannot wait for the kill case's child: {err}"));
+    let reported = reader.join().unwrap_or_default();
+    assert!(
+        reporting,
+        "the kill case's child reported nothing new within 60 s ({status}, after {:?}): could it open the store at {locator}?",
+        started.elapsed()
+    );
+    Round { reported, mid_work }
+}
+
+/// The case: SIGKILLs five children mid-save; every payment any of them reported new must be
+/// there, once, with its amount.
+pub(crate) async fn every_payment_reported_new_survives_a_sigkill(f: &Fixture) {
+    let locator =
+        f.locator().unwrap_or_else(|| panic!("a killable harness must locate its environment")).to_owned();
+    let mut reported: Vec<String> = Vec::new();
+    let mut mid_work = 0;
+    for round in 0..ROUNDS {
+        let locator = locator.clone();
+        let run = tokio::task::spawn_blocking(move || kill_one(&locator, round))
+            .await
+            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+        mid_work += usize::from(run.mid_work);
+        reported.extend(run.reported);
+        let store = f.open().await;
+        let mut lost = Vec::new();
+        for id in &reported {
+            let expected = expected(id);
+            match store.get(&expected.id).await {
+                Ok(Some(found)) if found == expected => {}
+                Ok(found) => lost.push(format!("{id} (found {found:?})")),
+                Err(err) => panic!("get {id} failed after the kill: {}", error_chain(&err)),
+            }
+        }
+        assert!(
+            lost.is_empty(),
+            "after SIGKILL number {}, {} of the {} payments reported new are not there as saved: {:?}",
+            round + 1,
+            lost.len(),
+            reported.len(),
+            &lost[..lost.len().min(5)]
+        );
+        let count = store.count().await.unwrap_or_else(|err| panic!("count failed: {}", error_chain(&err)));
+        assert!(
+            count >= reported.len() as u64,
+            "count {count} is below the {} payments reported new",
+            reported.len()
+        );
+        if let Err(err) = store.close().await {
+            panic!("closing the store after kill {} failed: {}", round + 1, error_chain(&err));
+        }
+    }
+    assert!(mid_work * 2 >= ROUNDS, "only {mid_work} of {ROUNDS} kills landed while the child was saving");
+}
+
+/// The payment a reported ID stands for.
+fn expected(id: &str) -> Payment {
+    let mut parts = id.trim_start_matches("kill-").split('-');
+    let (round, task, i) = (parts.next(), parts.next(), parts.next());
+    let number = |part: Option<&str>| {
+        part.and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("the child reported `{id}`, which it never saves"))
+    };
+    payment(number(round), number(task), number(i))
+}
