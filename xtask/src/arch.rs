@@ -192,7 +192,7 @@ fn wiring_outside_its_module(root: &Path, adapters: &[String]) -> anyhow::Result
             let text = std::fs::read_to_string(&path).with_context(|| format!("cannot read {relative}"))?;
             for adapter in adapters.iter().filter(|adapter| text.contains(adapter.as_str())) {
                 violations.push(format!(
-                    "{relative} names {adapter}: only {WIRING}.rs, the composition root's one module, may"
+                    "{relative} names {adapter}: only {WIRING}, the composition root's one module, may"
                 ));
             }
         }

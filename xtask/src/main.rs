@@ -5,7 +5,7 @@
 //! cargo xtask conformance [--adapter NAME] only the conformance suite, with its matrix
 //! cargo xtask arch                        only the architecture invariants
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
-//! cargo xtask crash [--store file|postgres] [--kills N] [--payments M]   SIGKILL torture, with its check
+//! cargo xtask crash [--store NAME|all] [--kills N] [--payments M]   SIGKILL torture, with its check
 //! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
 //! ```
 
@@ -34,10 +34,11 @@ commands:
   bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
                                 run (table on stdout, rows as JSON with --json), then the criterion
                                 micro-benchmarks of the domain; --quick keeps it to about five minutes
-  crash [--store file|postgres] [--kills N] [--payments M]
+  crash [--store NAME|all] [--kills N] [--payments M]
                                 SIGKILLs payments-app consume at random moments, restarts it, and checks
-                                the store against the input (default: both stores, 100 kills, 100,000
-                                payments; cargo xtask test runs a reduced form)
+                                the store against the input (default: every store of the app's table
+                                that outlives its process, 100 kills, 100,000 payments; cargo xtask
+                                test runs a reduced form)
   fuzz [--seconds N] [--target NAME]
                                 runs each cargo-fuzz target for N seconds (default 60) from its seed
                                 corpus; needs the nightly toolchain and cargo-fuzz, and says so
@@ -166,7 +167,7 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
     shell::step("micro-benchmarks (criterion)", &mut micro)
 }
 
-/// `cargo xtask crash [--store file|postgres] [--kills N] [--payments M]`: the crash test, sized
+/// `cargo xtask crash [--store NAME|all] [--kills N] [--payments M]`: the crash test, sized
 /// for the documented figures unless told otherwise, on a release build.
 fn crash(rest: &[String]) -> anyhow::Result<()> {
     let mut args: Vec<String> = vec![
@@ -181,7 +182,7 @@ fn crash(rest: &[String]) -> anyhow::Result<()> {
     while let Some(flag) = given.next() {
         let Some(slot) = ["--store", "--kills", "--payments"].iter().position(|known| known == flag) else {
             bail!(
-                "unknown crash option `{flag}`; usage: cargo xtask crash [--store file|postgres] [--kills N] [--payments M]"
+                "unknown crash option `{flag}`; usage: cargo xtask crash [--store NAME|all] [--kills N] [--payments M]"
             );
         };
         let Some(value) = given.next() else { bail!("{flag} needs a value") };

@@ -27,7 +27,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use payments_app::adapters::{
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STORE, DeadLetterSpec, InputSpec, STORE_HELP, SourceOptions, StoreSpec,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STORE, DeadLetterSpec, InputSpec, SourceOptions, StoreSpec, store_help,
 };
 use payments_consumer::{Consumer, ConsumerConfig, Ending, Handler, RetryPolicy, Run};
 use payments_ports::domain::event;
@@ -94,7 +94,7 @@ impl Reporting {
 
 #[derive(Args, Debug)]
 struct ConsumeArgs {
-    #[arg(long, default_value = DEFAULT_STORE, help = STORE_HELP)]
+    #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
     store: StoreSpec,
     /// The input: a path, or `-` for stdin.
     #[arg(long, default_value = "-")]
@@ -125,7 +125,7 @@ struct ConsumeArgs {
 
 #[derive(Args, Debug)]
 struct ExportArgs {
-    #[arg(long, default_value = DEFAULT_STORE, help = STORE_HELP)]
+    #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
     store: StoreSpec,
 }
 
@@ -317,7 +317,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         None => {
             let dir = payments_simulator::scratch_dir()
                 .context("cannot create a temporary directory for the journal")?;
-            (StoreSpec::File(dir.path().join("simulate.journal")), Some(dir))
+            (StoreSpec::journal(&dir.path().join("simulate.journal")), Some(dir))
         }
     };
     let opener = spec.simulation_opener().await?;

@@ -3,8 +3,12 @@
 //!
 //! ```text
 //! cargo test -p payments-app --test crash                     the reduced run (10 kills per store)
-//! cargo xtask crash [--store file|postgres] [--kills N] [--payments M]
+//! cargo xtask crash [--store NAME|all] [--kills N] [--payments M]
 //! ```
+//!
+//! Every store of the app's table (`payments_app::adapters::STORES`) that outlives its process is
+//! tortured, on a fresh place of its own: a temporary directory, or a schema or database on its
+//! test server. A new store is tortured as soon as it has its entry.
 //!
 //! The input has duplicates (one delivery in five repeats an earlier payment) and conflicts (2%
 //! of payments come again later with another amount). After each kill the store is read back, and
@@ -22,8 +26,8 @@
 //! `PAYMENTS_CRASH_VERBOSE=1` prints each kill: its delay, whether the run was still going, and how
 //! many payments were recorded by then.
 //!
-//! `harness = false`: it is a program with options, and without a PostgreSQL server its
-//! PostgreSQL half reports itself skipped (failed under `CI=true`).
+//! `harness = false`: it is a program with options, and a store whose server cannot be reached
+//! reports itself skipped (failed under `CI=true`).
 
 // A test harness reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
@@ -32,33 +36,42 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::hash::{BuildHasher, RandomState};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use payments_app::adapters::{STORES, StoreEntry, StoreSpec, TestEnv};
+use payments_ports::PaymentsRepository;
 use payments_test_support::Gate;
-use payments_test_support::postgres::{self as pg, TestSchema};
+use payments_test_support::servers::{self, Place};
 use support::app;
 
 /// What to run.
 struct Options {
-    stores: Vec<&'static str>,
+    stores: Vec<&'static StoreEntry>,
     kills: usize,
     payments: usize,
 }
 
+/// The stores that outlive their process: the ones a crash can test.
+fn durable_stores() -> impl Iterator<Item = &'static StoreEntry> {
+    STORES.iter().filter(|entry| entry.test_env != TestEnv::InProcess)
+}
+
 fn options() -> Result<Options, String> {
-    let mut options = Options { stores: vec!["file", "postgres"], kills: 10, payments: 10_000 };
+    let mut options = Options { stores: durable_stores().collect(), kills: 10, payments: 10_000 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
         match arg.as_str() {
             "--store" => {
-                options.stores = match value("--store")?.as_str() {
-                    "file" => vec!["file"],
-                    "postgres" => vec!["postgres"],
-                    "all" => vec!["file", "postgres"],
-                    other => return Err(format!("--store {other}: expected file, postgres or all")),
+                let name = value("--store")?;
+                options.stores =
+                    durable_stores().filter(|entry| name == "all" || entry.name == name).collect();
+                if options.stores.is_empty() {
+                    let known: Vec<&str> = durable_stores().map(|entry| entry.name).collect();
+                    return Err(format!("--store {name}: expected all or one of {}", known.join(", ")));
                 }
             }
             "--kills" => options.kills = value("--kills")?.parse().map_err(|e| format!("--kills: {e}"))?,
@@ -80,21 +93,14 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut failed = false;
-    for store in &options.stores {
-        let result = match *store {
-            "file" => {
-                let dir = tempfile::tempdir().expect("temp dir");
-                let journal = dir.path().join("crash.journal");
-                let store = format!("file:{}", journal.display());
-                torture(&store, dir.path(), &options, &Progress::Journal(journal))
-            }
-            _ => postgres(&options),
-        };
-        match result {
-            Ok(report) => println!("crash test, {store} store: {report}"),
+    for entry in &options.stores {
+        match torture_store(&runtime, entry, &options) {
+            Ok(report) => println!("crash test, {} store: {report}", entry.name),
             Err(err) => {
-                eprintln!("crash test, {store} store: FAILED: {err}");
+                eprintln!("crash test, {} store: FAILED: {err}", entry.name);
                 failed = true;
             }
         }
@@ -102,44 +108,59 @@ fn main() -> ExitCode {
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-fn postgres(options: &Options) -> Result<String, String> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    match runtime.block_on(pg::gate()) {
-        Gate::Run => {}
-        Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
-        Gate::Fail(reason) => return Err(reason),
+/// Tortures one store on a fresh place of its own, removed afterwards whatever happened.
+fn torture_store(
+    runtime: &tokio::runtime::Runtime,
+    entry: &StoreEntry,
+    options: &Options,
+) -> Result<String, String> {
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    match entry.test_env {
+        TestEnv::InProcess => Ok("SKIPPED: it lives in the process, which a crash takes with it".to_owned()),
+        TestEnv::TempDir(template) => {
+            let home = work.path().join("store");
+            std::fs::create_dir(&home).map_err(|e| e.to_string())?;
+            let spec = template.replace("{dir}", &home.display().to_string());
+            torture(&spec, work.path(), options, &Progress::Files(home))
+        }
+        TestEnv::Server(server) => {
+            match runtime.block_on(servers::gate(server)) {
+                Gate::Run => {}
+                Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
+                Gate::Fail(reason) => return Err(reason),
+            }
+            let place = runtime.block_on(Place::fresh(server, "crash")).map_err(|e| e.to_string())?;
+            // The store itself, opened beside the consumers, tells how far they got.
+            let result = (|| {
+                let spec: StoreSpec =
+                    place.url().parse().map_err(|e: payments_app::adapters::SpecError| e.to_string())?;
+                let store = runtime.block_on(spec.open()).map_err(|e| e.to_string())?;
+                let progress = Progress::Store { runtime, store: Arc::clone(&store) };
+                let result = torture(&place.url(), work.path(), options, &progress);
+                let _ = runtime.block_on(store.close());
+                result
+            })();
+            runtime.block_on(place.remove()).map_err(|err| format!("removing {}: {err}", place.url()))?;
+            result
+        }
     }
-    let schema = TestSchema::new("crash");
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (client, connection) = runtime
-        .block_on(tokio_postgres::connect(&pg::url(), tokio_postgres::NoTls))
-        .map_err(|e| e.to_string())?;
-    runtime.spawn(connection);
-    let count = format!("SELECT count(*) FROM \"{}\".payments", schema.name());
-    let progress = Progress::Table { runtime: &runtime, client: &client, count };
-    let result = torture(&schema.url(), dir.path(), options, &progress);
-    runtime
-        .block_on(schema.drop_schema())
-        .map_err(|err| format!("dropping schema {}: {err}", schema.name()))?;
-    result
 }
 
-/// How far a run has got, read cheaply while it runs: the journal's size, or the table's count.
+/// How far a run has got, read cheaply while it runs: the size of the store's files, or its count.
 enum Progress<'a> {
-    Journal(std::path::PathBuf),
-    Table { runtime: &'a tokio::runtime::Runtime, client: &'a tokio_postgres::Client, count: String },
+    Files(PathBuf),
+    Store { runtime: &'a tokio::runtime::Runtime, store: Arc<dyn PaymentsRepository> },
 }
 
 impl Progress<'_> {
     fn now(&self) -> u64 {
         match self {
-            Self::Journal(path) => std::fs::metadata(path).map_or(0, |m| m.len()),
-            // Before the first run has created the table, there is no progress to read.
-            Self::Table { runtime, client, count } => runtime
-                .block_on(client.query_one(count.as_str(), &[]))
-                .ok()
-                .and_then(|row| row.try_get::<_, i64>(0).ok())
-                .map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+            Self::Files(dir) => std::fs::read_dir(dir)
+                .map(|entries| {
+                    entries.filter_map(Result::ok).filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()
+                })
+                .unwrap_or(0),
+            Self::Store { runtime, store } => runtime.block_on(store.count()).unwrap_or(0),
         }
     }
 }

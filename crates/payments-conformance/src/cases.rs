@@ -557,7 +557,10 @@ async fn a_hundred_thousand_payments_from_many_tasks_are_counted_listed_and_foun
     let first = save_concurrently(&store, TASKS, |task| {
         let mut work: Vec<Payment> = (task..PAYMENTS).step_by(TASKS).map(numbered).collect();
         work.extend(
-            (task..PAYMENTS).step_by(TASKS).filter(|i| i.is_multiple_of(10)).map(|i| numbered((i + 7) % PAYMENTS)),
+            (task..PAYMENTS)
+                .step_by(TASKS)
+                .filter(|i| i.is_multiple_of(10))
+                .map(|i| numbered((i + 7) % PAYMENTS)),
         );
         work
     })

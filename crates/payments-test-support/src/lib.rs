@@ -17,6 +17,7 @@ pub mod gate;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+pub mod servers;
 
 pub use gate::{Gate, Test, trials, under_ci};
 /// Re-exported, so that a crate using [`trials`] needs no dependency of its own to run them.

@@ -163,6 +163,31 @@ impl TestDatabase {
         Ok(TableLock { conn })
     }
 
+    /// Kills every session on this database but `spared` (`KILL CONNECTION`), as an
+    /// administrator or a failover would; returns how many it killed.
+    ///
+    /// # Errors
+    ///
+    /// The driver's error.
+    pub async fn kill_sessions_except(&self, spared: u32) -> Result<usize, BoxError> {
+        let mut conn = admin().await?;
+        let sessions: Vec<u64> = conn
+            .exec(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE DB = ? AND ID <> ? AND ID <> CONNECTION_ID()",
+                (self.name.as_str(), spared),
+            )
+            .await?;
+        let mut killed = 0;
+        for id in sessions {
+            // It may have ended on its own meanwhile.
+            if conn.query_drop(format!("KILL CONNECTION {id}")).await.is_ok() {
+                killed += 1;
+            }
+        }
+        conn.disconnect().await?;
+        Ok(killed)
+    }
+
     /// Removes the database and everything in it, ending the sessions still connected to it.
     ///
     /// # Errors

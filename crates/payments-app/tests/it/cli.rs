@@ -79,7 +79,7 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
         "--retry-limit-secs -1 is not a duration",
     );
     check(&["consume", "--report", "xml"], "invalid value 'xml'");
-    check(&["export", "--store", "file:"], "`file:` needs a path");
+    check(&["export", "--store", "file:"], "`file:` needs more: write file:<path>");
     check(&["simulate", "--crash-rate", "0.9"], "0.9 is above 0.5: the run might never end");
     check(&["simulate", "--duplicate-rate", "often"], "`often` is not a number");
     check(&["frobnicate"], "unrecognized subcommand");

@@ -1,6 +1,10 @@
 //! The one place that knows which adapters exist: it turns a store spec (`--store`), an input
 //! spec (`--input`) and a dead-letter spec (`--dead-letter`) into adapters behind their ports.
 //! `cargo xtask arch` checks that no other module of the app names an adapter crate.
+//!
+//! Stores are a table, [`STORES`] in `stores.rs`: adding one is adding its entry.
+
+mod stores;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -10,10 +14,8 @@ use std::sync::Arc;
 use payments_ports::{BoxError, DeadLetterSink, DeliverySource, PaymentsRepository};
 use payments_simulator::Opener;
 use payments_sink_lines::{FileDeadLetters, StderrDeadLetters};
-use payments_store_file::FilePaymentsRepository;
-use payments_store_memory::MemoryPaymentsRepository;
-use payments_store_mysql::{MysqlConfig, MysqlPaymentsRepository};
-use payments_store_postgres::{PostgresConfig, PostgresPaymentsRepository};
+
+pub use self::stores::{STORES, StoreEntry, TestEnv, store_help};
 
 /// The store used when `--store` is omitted: the durable journal, embedded, no server to run.
 pub const DEFAULT_STORE: &str = "file:./data/payments.journal";
@@ -21,19 +23,26 @@ pub const DEFAULT_STORE: &str = "file:./data/payments.journal";
 /// The largest message by default, in bytes (64 KiB): a larger one is dead-lettered as too large.
 pub const DEFAULT_MAX_MESSAGE_BYTES: usize = payments_source_lines::DEFAULT_MAX_LINE;
 
-/// The help text of `--store`.
-pub const STORE_HELP: &str = "Where payments are recorded: `file:<path>` (a crash-safe journal), `postgres://…` or `mysql://…` (shared by several instances) or `memory`";
-
 /// Why a spec on the command line names nothing this build can open.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SpecError {
     /// No store has this form.
-    #[error("unknown store `{0}`: expected `memory`, `file:<path>`, `postgres://…` or `mysql://…`")]
-    UnknownStore(String),
-    /// `file:` without a path.
-    #[error("`file:` needs a path, such as file:./data/payments.journal")]
-    FileWithoutPath,
+    #[error("unknown store `{spec}`: expected {forms}")]
+    UnknownStore {
+        /// The spec as given.
+        spec: String,
+        /// The forms a store spec may take.
+        forms: String,
+    },
+    /// Only the start of a spec, such as `file:` without a path.
+    #[error("`{spec}` needs more: write {form}")]
+    Incomplete {
+        /// The spec as given.
+        spec: String,
+        /// The form of the store it starts.
+        form: &'static str,
+    },
 }
 
 /// Why an adapter could not be opened.
@@ -69,48 +78,48 @@ pub enum OpenError {
     },
 }
 
-/// A store named on the command line.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum StoreSpec {
-    /// `memory`: in this process only, forgotten on exit.
-    Memory,
-    /// `file:<path>`: the durable journal at `path`.
-    File(PathBuf),
-    /// `postgres://…`: a PostgreSQL database that several instances can share.
-    Postgres(String),
-    /// `mysql://…`: a MySQL or MariaDB database that several instances can share.
-    Mysql(String),
+/// A store named on the command line: which entry of [`STORES`] it is, and the spec itself.
+#[derive(Clone, Debug)]
+pub struct StoreSpec {
+    entry: &'static StoreEntry,
+    spec: String,
 }
+
+impl PartialEq for StoreSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.spec == other.spec
+    }
+}
+
+impl Eq for StoreSpec {}
 
 impl FromStr for StoreSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        if spec == "memory" {
-            Ok(Self::Memory)
-        } else if let Some(path) = spec.strip_prefix("file:") {
-            if path.is_empty() {
-                return Err(SpecError::FileWithoutPath);
+        for entry in STORES {
+            for prefix in entry.prefixes {
+                // A prefix that ends in `:` or `/` starts a spec; any other is the whole spec.
+                let opens = prefix.ends_with(':') || prefix.ends_with('/');
+                if spec == *prefix && opens {
+                    return Err(SpecError::Incomplete { spec: spec.to_owned(), form: entry.form });
+                }
+                if (opens && spec.starts_with(prefix)) || spec == *prefix {
+                    return Ok(Self { entry, spec: spec.to_owned() });
+                }
             }
-            Ok(Self::File(PathBuf::from(path)))
-        } else if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
-            Ok(Self::Postgres(spec.to_owned()))
-        } else if spec.starts_with("mysql://") {
-            Ok(Self::Mysql(spec.to_owned()))
-        } else {
-            Err(SpecError::UnknownStore(spec.to_owned()))
         }
+        Err(SpecError::UnknownStore {
+            spec: spec.to_owned(),
+            forms: STORES.iter().map(|s| format!("`{}`", s.form)).collect::<Vec<_>>().join(", "),
+        })
     }
 }
 
 impl fmt::Display for StoreSpec {
     /// The spec as given, with a password replaced by `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Memory => f.write_str("memory"),
-            Self::File(path) => write!(f, "file:{}", path.display()),
-            Self::Postgres(url) | Self::Mysql(url) => f.write_str(&redact_password(url)),
-        }
+        f.write_str(&redact_password(&self.spec))
     }
 }
 
@@ -125,77 +134,54 @@ pub fn redact_password(url: &str) -> String {
 }
 
 impl StoreSpec {
+    /// The journal at `path`: where `simulate` keeps its own store.
+    pub fn journal(path: &std::path::Path) -> Self {
+        Self { entry: &STORES[0], spec: format!("file:{}", path.display()) }
+    }
+
+    /// Its entry in the table.
+    pub const fn entry(&self) -> &'static StoreEntry {
+        self.entry
+    }
+
     /// Opens the store.
     ///
     /// # Errors
     ///
     /// When it cannot be opened; the message names it, its password redacted.
     pub async fn open(&self) -> Result<Arc<dyn PaymentsRepository>, OpenError> {
-        let failed = |source: BoxError| OpenError::Store { spec: self.to_string(), source };
-        match self {
-            Self::Memory => Ok(Arc::new(MemoryPaymentsRepository::new())),
-            Self::File(path) => {
-                let path = path.clone();
-                let store = tokio::task::spawn_blocking(move || FilePaymentsRepository::open(path))
-                    .await
-                    .map_err(|err| failed(err.into()))?
-                    .map_err(|err| failed(err.into()))?;
-                let recovery = store.recovery();
-                tracing::info!(journal = %store.path().display(), payments = recovery.payments, "journal opened");
-                Ok(Arc::new(store))
-            }
-            Self::Postgres(url) => {
-                let config = PostgresConfig::from_url(url).map_err(|err| failed(err.into()))?;
-                let store =
-                    PostgresPaymentsRepository::connect(config).await.map_err(|err| failed(err.into()))?;
-                Ok(Arc::new(store))
-            }
-            Self::Mysql(url) => {
-                let config = MysqlConfig::from_url(url).map_err(|err| failed(err.into()))?;
-                let store =
-                    MysqlPaymentsRepository::connect(config).await.map_err(|err| failed(err.into()))?;
-                Ok(Arc::new(store))
-            }
-        }
+        (self.entry.open)(self.spec.clone())
+            .await
+            .map_err(|source| OpenError::Store { spec: self.to_string(), source })
     }
 
     /// Where dead letters go when `--dead-letter` is not given: beside a file store
     /// (`payments.journal` → `payments.dead-letters.jsonl`), to `./data/dead-letters.jsonl` for
     /// a database store, and to stderr for the memory store, which keeps nothing after exit either.
     pub fn default_dead_letters(&self) -> DeadLetterSpec {
-        match self {
-            Self::Memory => DeadLetterSpec::Stderr,
-            Self::File(journal) => DeadLetterSpec::File(journal.with_extension("dead-letters.jsonl")),
-            Self::Postgres(_) | Self::Mysql(_) => {
-                DeadLetterSpec::File(PathBuf::from("data/dead-letters.jsonl"))
-            }
-        }
+        (self.entry.dead_letters)(&self.spec)
     }
 
-    /// How `simulate` reaches this store across its simulated crashes. A memory store cannot
-    /// outlive a crash of its process: it stands for a store that lives elsewhere, so the same
-    /// instance is kept. Any other store is opened again after each crash, from what it holds.
+    /// How `simulate` reaches this store across its simulated crashes. A store that lives in this
+    /// process cannot outlive a crash of it: it stands for a store that lives elsewhere, so the
+    /// same instance is kept. Any other store is opened again after each crash, from what it holds.
     ///
     /// # Errors
     ///
-    /// When the memory store cannot be made (never, today).
+    /// When the store kept across crashes cannot be opened.
     pub async fn simulation_opener(&self) -> Result<Opener, OpenError> {
-        Ok(match self {
-            Self::Memory => {
-                let store = self.open().await?;
-                Box::new(move || {
-                    let store = Arc::clone(&store);
-                    Box::pin(async move { Ok(store) })
-                })
-            }
-            _ => {
-                let spec = self.clone();
-                Box::new(move || {
-                    let spec = spec.clone();
-                    Box::pin(async move { spec.open().await.map_err(BoxError::from) })
-                })
-            }
-        })
+        if self.entry.in_process {
+            let store = self.open().await?;
+            return Ok(Box::new(move || {
+                let store = Arc::clone(&store);
+                Box::pin(async move { Ok(store) })
+            }));
+        }
+        let spec = self.clone();
+        Ok(Box::new(move || {
+            let spec = spec.clone();
+            Box::pin(async move { spec.open().await.map_err(BoxError::from) })
+        }))
     }
 }
 
@@ -288,25 +274,27 @@ mod tests {
 
     #[test]
     fn parses_every_kind_of_store_and_explains_the_rest() {
-        assert_eq!("memory".parse::<StoreSpec>().ok(), Some(StoreSpec::Memory));
+        let name = |spec: &str| spec.parse::<StoreSpec>().map(|s| s.entry().name).map_err(|e| e.to_string());
+        assert_eq!(name("memory"), Ok("memory"));
+        assert_eq!(name("file:data/p.journal"), Ok("file"));
+        assert_eq!(name("postgres://u@h/db"), Ok("postgres"));
+        assert_eq!(name("postgresql://h/db"), Ok("postgres"));
+        assert_eq!(name("mysql://root@h:3306/db"), Ok("mysql"));
+        assert_eq!(name("file:"), Err("`file:` needs more: write file:<path>".to_owned()));
+        assert_eq!(name("memory:x").map_err(|e| e.starts_with("unknown store `memory:x`")), Err(true));
         assert_eq!(
-            "file:data/p.journal".parse::<StoreSpec>().ok(),
-            Some(StoreSpec::File(PathBuf::from("data/p.journal")))
+            name("redis://x"),
+            Err("unknown store `redis://x`: expected `file:<path>`, `postgres://…`, `mysql://…`, `memory`"
+                .to_owned())
         );
-        assert_eq!(
-            "postgres://u@h/db".parse::<StoreSpec>().ok(),
-            Some(StoreSpec::Postgres("postgres://u@h/db".to_owned()))
-        );
-        assert_eq!(
-            "postgresql://h/db".parse::<StoreSpec>().ok(),
-            Some(StoreSpec::Postgres("postgresql://h/db".to_owned()))
-        );
-        assert!(matches!("file:".parse::<StoreSpec>(), Err(SpecError::FileWithoutPath)));
-        let err = "redis://x".parse::<StoreSpec>().expect_err("not a store");
-        assert_eq!(
-            err.to_string(),
-            "unknown store `redis://x`: expected `memory`, `file:<path>`, `postgres://…` or `mysql://…`"
-        );
+    }
+
+    #[test]
+    fn the_store_help_names_every_store_of_the_table() {
+        let help = store_help();
+        for entry in STORES {
+            assert!(help.contains(entry.form), "{help}");
+        }
     }
 
     #[test]
@@ -321,11 +309,12 @@ mod tests {
 
     #[test]
     fn dead_letters_go_beside_a_file_store() {
-        let spec = StoreSpec::File(PathBuf::from("data/payments.journal"));
+        let spec: StoreSpec = "file:data/payments.journal".parse().expect("valid");
         assert_eq!(
             spec.default_dead_letters(),
             DeadLetterSpec::File(PathBuf::from("data/payments.dead-letters.jsonl"))
         );
-        assert_eq!(StoreSpec::Memory.default_dead_letters(), DeadLetterSpec::Stderr);
+        let memory: StoreSpec = "memory".parse().expect("valid");
+        assert_eq!(memory.default_dead_letters(), DeadLetterSpec::Stderr);
     }
 }
