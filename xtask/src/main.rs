@@ -7,6 +7,7 @@
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
 //! cargo xtask crash [--store NAME|all] [--kills N] [--payments M]   SIGKILL torture, with its check
 //! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
+//! cargo xtask new-adapter <backend> [--kind store|source]   a new adapter crate, ready for its suite
 //! ```
 
 // A command-line tool reports on stdout and stderr by design.
@@ -17,6 +18,7 @@ mod conformance;
 mod docs;
 mod fuzz;
 mod metadata;
+mod scaffold;
 mod shell;
 
 use std::process::ExitCode;
@@ -28,7 +30,8 @@ usage: cargo xtask <command>
 
 commands:
   test                          formatting, clippy (warnings denied), architecture invariants,
-                                every test in the workspace, then the conformance matrix
+                                every test in the workspace, the conformance matrix, then a
+                                scaffolded store and source, whose suites must fail every case
   conformance [--adapter NAME]  only the conformance suite of every adapter (or of one), with the matrix
   arch                          only the architecture invariants, read from cargo metadata
   bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
@@ -39,6 +42,10 @@ commands:
                                 the store against the input (default: every store of the app's table
                                 that outlives its process, 100 kills, 100,000 payments; cargo xtask
                                 test runs a reduced form)
+  new-adapter <backend> [--kind store|source]
+                                a new adapter crate, crates/payments-<kind>-<backend>, whose conformance
+                                suite runs at once and fails every case by name: the to-do list
+  scaffold-check                only the last step of test: scaffolds into a copy of the workspace
   fuzz [--seconds N] [--target NAME]
                                 runs each cargo-fuzz target for N seconds (default 60) from its seed
                                 corpus; needs the nightly toolchain and cargo-fuzz, and says so
@@ -74,6 +81,11 @@ fn run(args: &[String]) -> anyhow::Result<()> {
             conformance::run(adapter)
         }
         "bench" => bench(rest),
+        "new-adapter" => scaffold::run(rest),
+        "scaffold-check" => {
+            no_more_args(rest)?;
+            scaffold::check()
+        }
         "crash" => crash(rest),
         "fuzz" => fuzz::run(rest),
         "arch" => {
@@ -218,5 +230,7 @@ fn test() -> anyhow::Result<()> {
         "tests",
         shell::cargo(&["test", "--workspace"]).env(conformance::REPORT_ENV, reports.path()),
     )?;
-    conformance::print_matrix(&workspace, &reports, None)
+    conformance::print_matrix(&workspace, &reports, None)?;
+    shell::section("a scaffolded adapter fails every case by name");
+    scaffold::check()
 }

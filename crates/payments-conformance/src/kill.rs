@@ -10,7 +10,7 @@
 // The child reports on stdout, for its parent; errors go to stderr.
 #![allow(clippy::print_stderr)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read as _, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -99,10 +99,17 @@ fn kill_one(locator: &str, round: usize) -> Round {
         .env(ROUND_ENV, round.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|err| panic!("cannot start the kill case's child: {err}"));
     let stdout = child.stdout.take().unwrap_or_else(|| panic!("the child's stdout is piped"));
+    let stderr = child.stderr.take().unwrap_or_else(|| panic!("the child's stderr is piped"));
+    // What the child says on stderr, to explain a child that could not do its part.
+    let complaints = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(stderr).take(64 * 1024), &mut text);
+        text
+    });
     let (first, first_seen) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut lines = Vec::new();
@@ -129,10 +136,12 @@ fn kill_one(locator: &str, round: usize) -> Round {
     let _ = child.kill(); // SIGKILL
     let status = child.wait().unwrap_or_else(|err| panic!("cannot wait for the kill case's child: {err}"));
     let reported = reader.join().unwrap_or_default();
+    let complaints = complaints.join().unwrap_or_default();
     assert!(
         reporting,
-        "the kill case's child reported nothing new within 60 s ({status}, after {:?}): could it open the store at {locator}?",
-        started.elapsed()
+        "the kill case's child reported no payment new ({status}, after {:?}); it said: {}",
+        started.elapsed(),
+        complaints.trim()
     );
     Round { reported, mid_work }
 }

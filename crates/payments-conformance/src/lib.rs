@@ -26,6 +26,7 @@
 //! with the capability it needs: it never passes silently.
 
 mod cases;
+pub mod harnesses;
 mod kill;
 mod model;
 mod runner;
