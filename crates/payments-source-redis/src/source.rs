@@ -480,30 +480,24 @@ impl RedisSource {
         }
     }
 
-    /// Removes this consumer from the group when it holds nothing, so that processes named after
-    /// their pid do not pile up in `XINFO CONSUMERS`. (Deleting a consumer drops its pending
-    /// entries, so one that holds any is kept.)
+    /// Removes this consumer from the group when it has nothing pending, so that processes named
+    /// after their pid do not pile up in `XINFO CONSUMERS`. Deleting a consumer drops its pending
+    /// entries, which would lose them; so the check and the deletion are one script, atomic in
+    /// Redis: no read (by another process misconfigured with the same name, say) can slip an
+    /// entry in between.
     async fn forget_consumer_if_idle(&mut self) -> Result<(), RedisError> {
+        const SCRIPT: &str = "if #redis.call('XPENDING', KEYS[1], ARGV[1], '-', '+', 1, ARGV[2]) == 0 then \
+                              return redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], ARGV[2]) end \
+                              return -1";
         let mut connection = self.reader.get().await?;
-        let pending: Value = redis::cmd("XPENDING")
+        redis::cmd("EVAL")
+            .arg(SCRIPT)
+            .arg(1)
             .arg(&self.config.stream)
             .arg(&self.config.group)
-            .arg("-")
-            .arg("+")
-            .arg(1)
             .arg(&self.config.consumer)
-            .query_async(&mut connection)
-            .await?;
-        if matches!(&pending, Value::Array(rows) if rows.is_empty()) {
-            redis::cmd("XGROUP")
-                .arg("DELCONSUMER")
-                .arg(&self.config.stream)
-                .arg(&self.config.group)
-                .arg(&self.config.consumer)
-                .exec_async(&mut connection)
-                .await?;
-        }
-        Ok(())
+            .exec_async(&mut connection)
+            .await
     }
 }
 

@@ -176,7 +176,7 @@ pub(crate) fn an_entry_without_a_payload_is_unreadable() -> Result<(), Failed> {
 }
 
 /// `close` returns once every acknowledgement enqueued before it is sent: nothing is pending
-/// the moment it returns, without waiting.
+/// the moment it returns, without waiting; and the consumer, holding nothing, leaves the group.
 pub(crate) fn close_sends_every_acknowledgement() -> Result<(), Failed> {
     with_keys("close", |keys| async move {
         let stream = keys.key("stream");
@@ -192,6 +192,13 @@ pub(crate) fn close_sends_every_acknowledgement() -> Result<(), Failed> {
         }
         source.close().await?;
         assert_eq!(pending_count(&stream, "g").await, 0, "close sent every acknowledgement");
+        let consumers: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("CONSUMERS")
+            .arg(&stream)
+            .arg("g")
+            .query_async(&mut connection().await)
+            .await?;
+        assert!(consumers.is_empty(), "a consumer that holds nothing leaves the group: {consumers:?}");
         Ok(())
     })
 }
