@@ -114,3 +114,17 @@ pub(crate) fn the_password_never_shows() -> Result<(), Failed> {
     });
     Ok(())
 }
+
+/// `rediss://` is read like `redis://`; connecting needs the `tls` feature, and says so.
+pub(crate) fn rediss_is_accepted_and_needs_the_tls_feature() -> Result<(), Failed> {
+    let config = RedisSourceConfig::from_url("rediss://:pw@127.0.0.1:6380/1?stream=s&group=g")?;
+    assert_eq!(config.to_string(), "rediss://:***@127.0.0.1:6380/1?stream=s&group=g");
+    if cfg!(feature = "tls") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let err = runtime.block_on(RedisSource::connect(config)).expect_err("built without TLS");
+    assert!(!err.is_unavailable(), "no retry can fix a missing feature: {err}");
+    assert!(err.to_string().contains("`tls` feature"), "{err}");
+    Ok(())
+}

@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             config::a_source_url_is_read_with_its_defaults,
             config::bad_urls_are_refused_by_name,
             config::the_password_never_shows,
+            config::rediss_is_accepted_and_needs_the_tls_feature,
         ],
     );
     trials.extend(test_redis::trials(
