@@ -19,9 +19,11 @@
 //! 2. **Attempts.** Redis counts deliveries per pending entry. A new entry (`>`) is attempt 1;
 //!    an entry read again from the own pending list, claimed back or taken over was counted by
 //!    that read or claim, and `XPENDING key group id id 1` (pipelined, one round trip per batch)
-//!    says how often. Lease renewals use `XCLAIM … JUSTID`, which does not count. One
-//!    inexactness: a replay after a reconnect reads the whole own pending list, so deliveries in
-//!    flight then are counted once more than they were handed out.
+//!    says how often. Lease renewals use `XCLAIM … JUSTID`, which does not count. Two places
+//!    count a delivery that is not handed out: a replay after a reconnect reads the whole own
+//!    pending list, deliveries in flight included; and a takeover pass claims a delivery in
+//!    flight whose lease ran out unrenewed (it stays with its receipt). Attempts then grow by
+//!    more than one, never less.
 //! 3. **Acknowledged, never again.** `ack` enqueues the ID; the acker sends everything queued in
 //!    one round trip (`XACK` with many IDs, pipelined with renewals), and `close` waits until it
 //!    has. Before a replay of the own pending list, the source flushes the acker, so that the
