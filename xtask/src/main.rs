@@ -5,7 +5,7 @@
 //! cargo xtask conformance [--adapter NAME] only the conformance suite, with its matrix
 //! cargo xtask arch                        only the architecture invariants
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
-//! cargo xtask crash [--store NAME|all] [--kills N] [--payments M]   SIGKILL torture, with its check
+//! cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]   SIGKILL torture, with its check
 //! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
 //! cargo xtask new-adapter <backend> [--kind store|source]   a new adapter crate, ready for its suite
 //! ```
@@ -37,7 +37,7 @@ commands:
   bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
                                 run (table on stdout, rows as JSON with --json), then the criterion
                                 micro-benchmarks of the domain; --quick keeps it to about five minutes
-  crash [--store NAME|all] [--kills N] [--payments M]
+  crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]
                                 SIGKILLs payments-app consume at random moments, restarts it, and checks
                                 the store against the input (default: every store of the app's table
                                 that outlives its process, 100 kills, 100,000 payments; cargo xtask
@@ -179,11 +179,13 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
     shell::step("micro-benchmarks (criterion)", &mut micro)
 }
 
-/// `cargo xtask crash [--store NAME|all] [--kills N] [--payments M]`: the crash test, sized
+/// `cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]`: the crash test, sized
 /// for the documented figures unless told otherwise, on a release build.
 fn crash(rest: &[String]) -> anyhow::Result<()> {
     let mut args: Vec<String> = vec![
         "--store".into(),
+        "all".into(),
+        "--source".into(),
         "all".into(),
         "--kills".into(),
         "100".into(),
@@ -192,9 +194,11 @@ fn crash(rest: &[String]) -> anyhow::Result<()> {
     ];
     let mut given = rest.iter();
     while let Some(flag) = given.next() {
-        let Some(slot) = ["--store", "--kills", "--payments"].iter().position(|known| known == flag) else {
+        let Some(slot) =
+            ["--store", "--source", "--kills", "--payments"].iter().position(|known| known == flag)
+        else {
             bail!(
-                "unknown crash option `{flag}`; usage: cargo xtask crash [--store NAME|all] [--kills N] [--payments M]"
+                "unknown crash option `{flag}`; usage: cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]"
             );
         };
         let Some(value) = given.next() else { bail!("{flag} needs a value") };

@@ -67,6 +67,7 @@ impl Scaffolded {
         }},
         dead_letters: |_| DeadLetterSpec::File(PathBuf::from(\"data/dead-letters.jsonl\")),
         in_process: false,
+        shared: false,
         test_env: TestEnv::TempDir(\"{backend}:{{dir}}/payments\"),
     }},
 

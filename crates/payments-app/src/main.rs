@@ -6,6 +6,7 @@
 //! payments-app export   [--store STORE]
 //! payments-app simulate [--store STORE] [--payments N] [--duplicate-rate R] [--crash-rate C] [--conflict-rate K]
 //!                       [--invalid-rate I] [--seed S] [--concurrency N] [--report json]
+//! payments-app publish  --to URL [--input PATH|-] [--max-message-bytes N] [--report json]
 //! ```
 //!
 //! The command line is a contract that tests and users script against: flags are added, never
@@ -27,11 +28,12 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use payments_app::adapters::{
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STORE, DeadLetterSpec, InputSpec, SourceOptions, StoreSpec, store_help,
+    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STORE, DeadLetterSpec, InputSpec, SourceOptions, StoreSpec,
+    TargetSpec, store_help,
 };
 use payments_consumer::{Consumer, ConsumerConfig, Ending, Handler, RetryPolicy, Run};
 use payments_ports::domain::event;
-use payments_ports::{RepositoryError, error_chain};
+use payments_ports::{OutgoingMessage, Payload, RepositoryError, error_chain};
 use payments_simulator::DEFAULT_VISIBILITY_TIMEOUT;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -58,6 +60,9 @@ enum Command {
     /// Run the consumer against an in-process broker that redelivers, duplicates, reorders and
     /// crashes, then check that every payment was recorded exactly once.
     Simulate(SimulateArgs),
+    /// Publish each line of a file (or stdin) as one message to a broker, confirmed by it: for
+    /// demos, tests and benchmarks.
+    Publish(PublishArgs),
 }
 
 /// `--concurrency`, shared by the commands that run a consumer.
@@ -96,11 +101,13 @@ impl Reporting {
 struct ConsumeArgs {
     #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
     store: StoreSpec,
-    /// The input: a path, or `-` for stdin.
+    /// The input: a path, `-` for stdin, or a broker:
+    /// `redis://HOST:PORT[/DB]?stream=NAME&group=NAME[&consumer=NAME][&claim-idle-ms=N][&batch=N][&max-deliveries=N]`.
     #[arg(long, default_value = "-")]
     input: InputSpec,
-    /// Where dead letters go: a file of JSON lines, synced before the acknowledgement. Default:
-    /// beside a file store, or stderr for the memory store.
+    /// Where dead letters go: a file of JSON lines, synced before the acknowledgement, or a Redis
+    /// stream (`redis://HOST:PORT[/DB]?stream=NAME`). Default: beside a file store, or stderr for
+    /// the memory store.
     #[arg(long)]
     dead_letter: Option<DeadLetterSpec>,
     #[command(flatten)]
@@ -127,6 +134,21 @@ struct ConsumeArgs {
 struct ExportArgs {
     #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
     store: StoreSpec,
+}
+
+#[derive(Args, Debug)]
+struct PublishArgs {
+    /// Where to publish: `redis://HOST:PORT[/DB]?stream=NAME`.
+    #[arg(long)]
+    to: TargetSpec,
+    /// The lines to publish: a path, or `-` for stdin.
+    #[arg(long, default_value = "-")]
+    input: String,
+    /// The longest line, in bytes (default 64 KiB); a longer one stops the run, named.
+    #[arg(long)]
+    max_message_bytes: Option<usize>,
+    #[command(flatten)]
+    reporting: Reporting,
 }
 
 #[derive(Args, Debug)]
@@ -200,6 +222,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume(args).await,
             Command::Export(args) => export(args).await,
             Command::Simulate(args) => simulate(args).await,
+            Command::Publish(args) => publish(args).await,
         }
     });
     // Everything the command had to finish is finished; what is left is at most a read of stdin
@@ -356,6 +379,77 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     eprintln!("payments-app: {verdict}");
     args.reporting.print(&report)?;
     Ok(if verdict.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// How many lines go out in one confirmed batch: enough to fill a round trip, few enough that a
+/// failed batch is cheap to send again.
+const PUBLISH_BATCH: usize = 512;
+
+/// How long `publish` waits for more input before it sends a partial batch (stdin, typed slowly).
+const PUBLISH_LINGER: Duration = Duration::from_millis(20);
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let max = args.max_message_bytes.unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
+    let mut lines = InputSpec::Lines(args.input.clone())
+        .open(SourceOptions { max_message_bytes: max, in_flight: PUBLISH_BATCH })
+        .await?;
+    let publisher = args.to.open().await?;
+    let retry = RetryPolicy::default();
+    let (mut published, mut ended) = (0u64, false);
+    while !ended {
+        let mut batch = Vec::with_capacity(PUBLISH_BATCH);
+        while batch.len() < PUBLISH_BATCH {
+            let next = if batch.is_empty() {
+                lines.next().await
+            } else {
+                match tokio::time::timeout(PUBLISH_LINGER, lines.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                }
+            };
+            let Some(delivery) = next.context("cannot read the input")? else {
+                ended = true;
+                break;
+            };
+            let origin = delivery.receipt.origin();
+            match delivery.payload {
+                Payload::Complete(body) => batch.push(OutgoingMessage { id: None, payload: body }),
+                Payload::TooLarge { len, limit, .. } => {
+                    anyhow::bail!(
+                        "{origin} is {len} bytes long, over --max-message-bytes {limit}: nothing after it was published"
+                    )
+                }
+                Payload::Unreadable { reason, .. } => anyhow::bail!("{origin} is unreadable: {reason}"),
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        // An unavailable broker is waited out, as the consumer waits out its store; messages of a
+        // batch that failed half-way go out again, which the next consumer answers as duplicates.
+        let started = std::time::Instant::now();
+        let mut attempt = 0;
+        loop {
+            match publisher.publish(&batch).await {
+                Ok(()) => break,
+                Err(err) if err.is_unavailable() && started.elapsed() < retry.give_up_after => {
+                    attempt += 1;
+                    tracing::warn!(error = %error_chain(&err), attempt, "broker unavailable, publishing again");
+                    tokio::time::sleep(retry.delay(attempt)).await;
+                }
+                Err(err) => {
+                    return Err(anyhow::Error::new(err).context(format!(
+                        "published {published} messages, then the broker refused the rest"
+                    )));
+                }
+            }
+        }
+        published += batch.len() as u64;
+    }
+    publisher.close().await.context("cannot close the publisher")?;
+    eprintln!("payments-app: published {published} messages to {}", args.to);
+    args.reporting.print(&serde_json::json!({ "published": published }))?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// SIGINT or SIGTERM asks the consumer to finish what is in flight and stop; a second one exits

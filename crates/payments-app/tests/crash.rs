@@ -2,9 +2,13 @@
 //! restarted, then checked against its input the way Jepsen checks a queue.
 //!
 //! ```text
-//! cargo test -p payments-app --test crash                     the reduced run (10 kills per store)
-//! cargo xtask crash [--store NAME|all] [--kills N] [--payments M]
+//! cargo test -p payments-app --test crash                     the reduced run (10 kills per store and source)
+//! cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]
 //! ```
+//!
+//! With `--source lines` (a file of JSON lines, redelivered by the test from a little before the
+//! first payment not recorded) it is described below. With a broker (`--source redis`) the input
+//! is published to it, and consumer processes read it in one group: see `crash/broker.rs`.
 //!
 //! Every store of the app's table (`payments_app::adapters::STORES`) that outlives its process is
 //! tortured, on a fresh place of its own: a temporary directory, or a schema or database on its
@@ -32,6 +36,8 @@
 // A test harness reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+#[path = "crash/broker.rs"]
+mod broker;
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -50,9 +56,13 @@ use support::app;
 /// What to run.
 struct Options {
     stores: Vec<&'static StoreEntry>,
+    sources: Vec<&'static str>,
     kills: usize,
     payments: usize,
 }
+
+/// Where deliveries come from: a file the test redelivers itself, or a broker.
+const SOURCES: &[&str] = &["lines", "redis"];
 
 /// The stores that outlive their process: the ones a crash can test.
 fn durable_stores() -> impl Iterator<Item = &'static StoreEntry> {
@@ -60,7 +70,12 @@ fn durable_stores() -> impl Iterator<Item = &'static StoreEntry> {
 }
 
 fn options() -> Result<Options, String> {
-    let mut options = Options { stores: durable_stores().collect(), kills: 10, payments: 10_000 };
+    let mut options = Options {
+        stores: durable_stores().collect(),
+        sources: SOURCES.to_vec(),
+        kills: 10,
+        payments: 10_000,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -72,6 +87,13 @@ fn options() -> Result<Options, String> {
                 if options.stores.is_empty() {
                     let known: Vec<&str> = durable_stores().map(|entry| entry.name).collect();
                     return Err(format!("--store {name}: expected all or one of {}", known.join(", ")));
+                }
+            }
+            "--source" => {
+                let name = value("--source")?;
+                options.sources = SOURCES.iter().copied().filter(|s| name == "all" || *s == name).collect();
+                if options.sources.is_empty() {
+                    return Err(format!("--source {name}: expected all or one of {}", SOURCES.join(", ")));
                 }
             }
             "--kills" => options.kills = value("--kills")?.parse().map_err(|e| format!("--kills: {e}"))?,
@@ -96,23 +118,52 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut failed = false;
-    for entry in &options.stores {
-        match torture_store(&runtime, entry, &options) {
-            Ok(report) => println!("crash test, {} store: {report}", entry.name),
-            Err(err) => {
-                eprintln!("crash test, {} store: FAILED: {err}", entry.name);
-                failed = true;
+    for source in &options.sources {
+        for entry in &options.stores {
+            match torture_store(&runtime, entry, source, &options) {
+                Ok(report) => println!("crash test, {} store, {source} source: {report}", entry.name),
+                Err(err) => {
+                    eprintln!("crash test, {} store, {source} source: FAILED: {err}", entry.name);
+                    failed = true;
+                }
             }
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// Tortures one store on a fresh place of its own, removed afterwards whatever happened.
+/// Tortures one store, fed by one source, on a fresh place of its own, removed afterwards
+/// whatever happened.
 fn torture_store(
     runtime: &tokio::runtime::Runtime,
     entry: &StoreEntry,
+    source: &str,
     options: &Options,
+) -> Result<String, String> {
+    match source {
+        "redis" => {
+            match runtime.block_on(payments_test_support::redis::gate()) {
+                Gate::Run => {}
+                Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
+                Gate::Fail(reason) => return Err(reason),
+            }
+            let redis = broker::Redis::new()?;
+            let result = on_store(runtime, entry, |spec, dir, progress| {
+                broker::torture(spec, entry.shared, dir, options, progress, &redis)
+            });
+            redis.remove()?;
+            result
+        }
+        _ => on_store(runtime, entry, |spec, dir, progress| torture(spec, dir, options, progress)),
+    }
+}
+
+/// Runs `torture` on a fresh place of `entry`'s store, with a work directory of its own and a way
+/// to see its progress, and removes the place afterwards whatever happened.
+fn on_store(
+    runtime: &tokio::runtime::Runtime,
+    entry: &StoreEntry,
+    torture: impl FnOnce(&str, &Path, &Progress<'_>) -> Result<String, String>,
 ) -> Result<String, String> {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     match entry.test_env {
@@ -121,7 +172,7 @@ fn torture_store(
             let home = work.path().join("store");
             std::fs::create_dir(&home).map_err(|e| e.to_string())?;
             let spec = template.replace("{dir}", &home.display().to_string());
-            torture(&spec, work.path(), options, &Progress::Files(home))
+            torture(&spec, work.path(), &Progress::Files(home))
         }
         TestEnv::Server(server) => {
             match runtime.block_on(servers::gate(server)) {
@@ -136,7 +187,7 @@ fn torture_store(
                     place.url().parse().map_err(|e: payments_app::adapters::SpecError| e.to_string())?;
                 let store = runtime.block_on(spec.open()).map_err(|e| e.to_string())?;
                 let progress = Progress::Store { runtime, store: Arc::clone(&store) };
-                let result = torture(&place.url(), work.path(), options, &progress);
+                let result = torture(&place.url(), work.path(), &progress);
                 let _ = runtime.block_on(store.close());
                 result
             })();

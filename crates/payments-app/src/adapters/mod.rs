@@ -1,5 +1,6 @@
 //! The one place that knows which adapters exist: it turns a store spec (`--store`), an input
-//! spec (`--input`) and a dead-letter spec (`--dead-letter`) into adapters behind their ports.
+//! spec (`--input`), a dead-letter spec (`--dead-letter`) and a publish target (`--to`) into
+//! adapters behind their ports.
 //! `cargo xtask arch` checks that no other module of the app names an adapter crate.
 //!
 //! Stores are a table, [`STORES`] in `stores.rs`: adding one is adding its entry.
@@ -11,9 +12,12 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 
-use payments_ports::{BoxError, DeadLetterSink, DeliverySource, PaymentsRepository};
+use payments_ports::{BoxError, DeadLetterSink, DeliverySource, PaymentsRepository, Publisher};
 use payments_simulator::Opener;
 use payments_sink_lines::{FileDeadLetters, StderrDeadLetters};
+use payments_source_redis::{
+    RedisDeadLetters, RedisPublisher, RedisSource, RedisSourceConfig, RedisStreamConfig,
+};
 
 pub use self::stores::{STORES, StoreEntry, TestEnv, store_help};
 
@@ -34,6 +38,23 @@ pub enum SpecError {
         spec: String,
         /// The forms a store spec may take.
         forms: String,
+    },
+    /// A URL of a kind this option does not take.
+    #[error("`{spec}` is not something this option takes: expected {expected}")]
+    UnknownUrl {
+        /// The spec, its password hidden.
+        spec: String,
+        /// What it takes.
+        expected: &'static str,
+    },
+    /// A URL its adapter refused.
+    #[error("invalid `{spec}`")]
+    Url {
+        /// The URL, its password hidden.
+        spec: String,
+        /// The adapter's reason.
+        #[source]
+        source: BoxError,
     },
     /// Only the start of a spec, such as `file:` without a path.
     #[error("`{spec}` needs more: write {form}")]
@@ -61,20 +82,29 @@ pub enum OpenError {
     /// The input could not be opened.
     #[error("cannot open input {input}")]
     Input {
-        /// The input as given.
+        /// The input, its password hidden.
         input: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: BoxError,
     },
-    /// The dead-letter file could not be opened.
-    #[error("cannot open dead-letter file {}", path.display())]
+    /// The dead-letter sink could not be opened.
+    #[error("cannot open dead letters {target}")]
     DeadLetters {
-        /// The file.
-        path: PathBuf,
+        /// Where they go, its password hidden.
+        target: String,
         /// Why.
         #[source]
-        source: std::io::Error,
+        source: BoxError,
+    },
+    /// The publish target could not be reached.
+    #[error("cannot open {target}")]
+    Target {
+        /// Where messages go, its password hidden.
+        target: String,
+        /// Why.
+        #[source]
+        source: BoxError,
     },
 }
 
@@ -186,18 +216,34 @@ impl StoreSpec {
 }
 
 /// Where deliveries come from.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum InputSpec {
     /// JSON lines from a file, or from stdin for `-`.
     Lines(String),
+    /// A Redis stream, read by a consumer group: `redis://HOST:PORT[/DB]?stream=…&group=…`.
+    Redis(RedisSourceConfig),
 }
 
 impl FromStr for InputSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return RedisSourceConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
+        }
+        if spec.contains("://") {
+            return Err(SpecError::UnknownUrl {
+                spec: redact_password(spec),
+                expected: "a path, `-`, or redis://…",
+            });
+        }
         Ok(Self::Lines(spec.to_owned()))
     }
+}
+
+/// A URL a driver refused, with the password hidden.
+fn url_error(spec: &str, err: impl Into<BoxError>) -> SpecError {
+    SpecError::Url { spec: redact_password(spec), source: err.into() }
 }
 
 /// How sources read, whatever they read from.
@@ -215,6 +261,7 @@ impl InputSpec {
     pub fn max_deliveries(&self) -> Option<u32> {
         match self {
             Self::Lines(_) => None,
+            Self::Redis(config) => config.max_deliveries(),
         }
     }
 
@@ -227,25 +274,64 @@ impl InputSpec {
         match self {
             Self::Lines(input) => payments_source_lines::open(input, options.max_message_bytes)
                 .await
-                .map_err(|source| OpenError::Input { input: input.clone(), source }),
+                .map_err(|source| OpenError::Input { input: input.clone(), source: source.into() }),
+            Self::Redis(config) => {
+                let config = config
+                    .clone()
+                    .with_in_flight(options.in_flight)
+                    .with_max_message_bytes(options.max_message_bytes);
+                let shown = config.to_string();
+                let source = RedisSource::connect(config)
+                    .await
+                    .map_err(|source| OpenError::Input { input: shown, source: source.into() })?;
+                Ok(Box::new(source))
+            }
         }
     }
 }
 
 /// Where dead letters go.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub enum DeadLetterSpec {
     /// A JSON-lines file, synced before each acknowledgement.
     File(PathBuf),
     /// Standard error, one JSON line each.
     Stderr,
+    /// A Redis stream: `redis://HOST:PORT[/DB]?stream=NAME`.
+    Redis(RedisStreamConfig),
+}
+
+impl PartialEq for DeadLetterSpec {
+    fn eq(&self, other: &Self) -> bool {
+        self.to_string() == other.to_string()
+    }
+}
+
+impl fmt::Display for DeadLetterSpec {
+    /// Where the letters go, with a password hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Stderr => f.write_str("stderr"),
+            Self::Redis(config) => write!(f, "{config}"),
+        }
+    }
 }
 
 impl FromStr for DeadLetterSpec {
     type Err = SpecError;
 
-    /// A path.
+    /// A path, or a broker URL.
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
+        }
+        if spec.contains("://") {
+            return Err(SpecError::UnknownUrl {
+                spec: redact_password(spec),
+                expected: "a path, or redis://…?stream=…",
+            });
+        }
         Ok(Self::File(PathBuf::from(spec)))
     }
 }
@@ -255,15 +341,60 @@ impl DeadLetterSpec {
     ///
     /// # Errors
     ///
-    /// When the file cannot be opened for appending.
+    /// When the file cannot be opened for appending, or the broker cannot be reached.
     pub async fn open(&self) -> Result<Arc<dyn DeadLetterSink>, OpenError> {
+        let failed = |source: BoxError| OpenError::DeadLetters { target: self.to_string(), source };
         Ok(match self {
-            Self::File(path) => Arc::new(
-                FileDeadLetters::open(path)
-                    .await
-                    .map_err(|source| OpenError::DeadLetters { path: path.clone(), source })?,
-            ),
+            Self::File(path) => {
+                Arc::new(FileDeadLetters::open(path).await.map_err(|err| failed(err.into()))?)
+            }
             Self::Stderr => Arc::new(StderrDeadLetters::default()),
+            Self::Redis(config) => {
+                Arc::new(RedisDeadLetters::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
+        })
+    }
+}
+
+/// Where `publish` sends messages.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    /// A Redis stream: `redis://HOST:PORT[/DB]?stream=NAME`.
+    Redis(RedisStreamConfig),
+}
+
+impl FromStr for TargetSpec {
+    type Err = SpecError;
+
+    fn from_str(spec: &str) -> Result<Self, Self::Err> {
+        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
+            return RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
+        }
+        Err(SpecError::UnknownUrl { spec: redact_password(spec), expected: "redis://…?stream=…" })
+    }
+}
+
+impl fmt::Display for TargetSpec {
+    /// Where messages go, with a password hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Redis(config) => write!(f, "{config}"),
+        }
+    }
+}
+
+impl TargetSpec {
+    /// Connects the publisher.
+    ///
+    /// # Errors
+    ///
+    /// When the broker cannot be reached.
+    pub async fn open(&self) -> Result<Arc<dyn Publisher>, OpenError> {
+        let failed = |source: BoxError| OpenError::Target { target: self.to_string(), source };
+        Ok(match self {
+            Self::Redis(config) => {
+                Arc::new(RedisPublisher::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
         })
     }
 }

@@ -35,6 +35,8 @@ pub struct StoreEntry {
     /// Whether it lives in this process only: `simulate` then keeps the same instance across its
     /// simulated crashes, as a store that lives elsewhere would outlive them.
     pub in_process: bool,
+    /// Whether several processes may use it at once (a database), or one at a time (a journal).
+    pub shared: bool,
     /// How the crash torture and the benchmarks reach a fresh one.
     pub test_env: TestEnv,
 }
@@ -64,6 +66,7 @@ pub const STORES: &[StoreEntry] = &[
             DeadLetterSpec::File(journal.with_extension("dead-letters.jsonl"))
         },
         in_process: false,
+        shared: false,
         test_env: TestEnv::TempDir("file:{dir}/payments.journal"),
     },
     StoreEntry {
@@ -79,6 +82,7 @@ pub const STORES: &[StoreEntry] = &[
         },
         dead_letters: |_| DeadLetterSpec::File(PathBuf::from("data/dead-letters.jsonl")),
         in_process: false,
+        shared: true,
         test_env: TestEnv::Server("postgres"),
     },
     StoreEntry {
@@ -94,6 +98,7 @@ pub const STORES: &[StoreEntry] = &[
         },
         dead_letters: |_| DeadLetterSpec::File(PathBuf::from("data/dead-letters.jsonl")),
         in_process: false,
+        shared: true,
         test_env: TestEnv::Server("mysql"),
     },
     StoreEntry {
@@ -107,6 +112,7 @@ pub const STORES: &[StoreEntry] = &[
         // It keeps nothing after exit; neither do its dead letters.
         dead_letters: |_| DeadLetterSpec::Stderr,
         in_process: true,
+        shared: false,
         test_env: TestEnv::InProcess,
     },
 ];
