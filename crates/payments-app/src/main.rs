@@ -54,7 +54,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Consume PaymentTaken events, one JSON object per line, and record each payment exactly once.
-    Consume(ConsumeArgs),
+    Consume(Box<ConsumeArgs>),
     /// Print every recorded payment as one JSON line, in ascending payment ID order.
     Export(ExportArgs),
     /// Run the consumer against an in-process broker that redelivers, duplicates, reorders and
@@ -219,7 +219,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Consume(args) => consume(args).await,
+            Command::Consume(args) => consume(*args).await,
             Command::Export(args) => export(args).await,
             Command::Simulate(args) => simulate(args).await,
             Command::Publish(args) => publish(args).await,
