@@ -7,14 +7,16 @@
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use payments_app::adapters::{STORES, TestEnv};
 use payments_test_support::Gate;
 use payments_test_support::bench::{self, Latencies, Row, Scale, Target, rate, timed};
+use payments_test_support::redis::{self as test_redis, TestKeys};
 use payments_test_support::servers::{self, Place};
 
 fn main() -> std::process::ExitCode {
-    bench::main(&[("consume", &run)])
+    bench::main(&[("consume", &run), ("redis", &redis)])
 }
 
 /// One million lines: 800,000 distinct payments, and 200,000 redeliveries of them spread through.
@@ -105,4 +107,90 @@ fn run(scale: Scale) -> Vec<Row> {
         ));
     }
     rows
+}
+
+/// How long a broker consume waits, idle, before it ends: taken off its wall clock.
+const IDLE: Duration = Duration::from_millis(500);
+
+/// `publish` into a Redis stream, then `consume` from it into the journal, beside the raw
+/// `XREADGROUP COUNT 64` + `XACK` loop a hand-written consumer would run, on the same server in
+/// the same run.
+fn redis(scale: Scale) -> Vec<Row> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    if let Err(reason) = runtime.block_on(test_redis::reachable()) {
+        eprintln!("SKIPPED redis scenarios: {reason}");
+        return Vec::new();
+    }
+    let lines = scale.pick(200_000, 1_000_000);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.jsonl");
+    write_input(&input, lines);
+    let keys = TestKeys::new("app-bench");
+    let (stream, raw) = (keys.key("payments"), keys.key("raw"));
+    let url = test_redis::url();
+    let published = timed(|| {
+        Command::new(env!("CARGO_BIN_EXE_payments-app"))
+            .args([
+                "publish",
+                "--to",
+                &format!("{url}?stream={stream}"),
+                "--input",
+                &input.display().to_string(),
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("payments-app runs")
+    });
+    assert!(published.0.status.success(), "publish failed: {}", String::from_utf8_lossy(&published.0.stderr));
+    let payloads = std::fs::read_to_string(&input).expect("input");
+    runtime
+        .block_on(test_redis::fill_stream(&raw, "g", payloads.lines().map(|l| l.as_bytes().to_vec()), 1000))
+        .expect("fill");
+    let raw_rate = runtime.block_on(test_redis::raw_consume(&raw, "g", 64, lines)).expect("raw consume");
+    let journal = dir.path().join("store").join("payments.journal");
+    let (output, elapsed) = timed(|| {
+        Command::new(env!("CARGO_BIN_EXE_payments-app"))
+            .args([
+                "consume",
+                "--store",
+                &format!("file:{}", journal.display()),
+                "--input",
+                &format!("{url}?stream={stream}&group=bench"),
+                "--stop-when-idle",
+                &IDLE.as_secs_f64().to_string(),
+                "--report",
+                "json",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("payments-app runs")
+    });
+    if let Err(err) = runtime.block_on(keys.remove()) {
+        eprintln!("cannot remove the bench keys {}:*: {err}", keys.prefix());
+    }
+    assert!(output.status.success(), "consume failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["applied"].as_u64(), Some((lines * 4 / 5) as u64), "{report}");
+    vec![
+        Row::new(
+            "publish.redis",
+            rate(lines, published.1),
+            &mut Latencies::default(),
+            "none",
+            None,
+            Target::None,
+            format!("payments-app publish of {lines} lines, wall clock incl. process start"),
+        ),
+        Row::new(
+            "consume.redis.file",
+            rate(lines, elapsed.saturating_sub(IDLE)),
+            &mut Latencies::default(),
+            "raw XREADGROUP COUNT 64 + XACK, no store",
+            Some(raw_rate),
+            Target::OpsPerSec(100_000.0),
+            format!(
+                "{lines} lines, 20% duplicates, into the journal; wall clock incl. process start, less the {IDLE:?} idle stop"
+            ),
+        ),
+    ]
 }

@@ -258,7 +258,9 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             .max_message_bytes
             .or(args.max_line_bytes)
             .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES),
-        in_flight: concurrency,
+        // The engine handles `concurrency` deliveries at once; the source reads one batch ahead, so
+        // that the next batch is there when one is settled (the channel between them holds as many).
+        in_flight: concurrency * 2,
     };
     let source = args.input.open(options).await?;
     let config = ConsumerConfig {

@@ -18,7 +18,6 @@ use payments_ports::{DeliverySource, OutgoingMessage, Payload, Publisher};
 use payments_source_redis::{RedisPublisher, RedisSource, RedisSourceConfig, RedisStreamConfig};
 use payments_test_support::bench::{self, Latencies, Row, Scale, Target, median, rate};
 use payments_test_support::redis::{self as test_redis, TestKeys};
-use redis::Value;
 use redis::aio::MultiplexedConnection;
 
 /// Rounds in which the raw loop and the adapter take turns: the medians of alternating rounds
@@ -62,80 +61,16 @@ async fn connection() -> MultiplexedConnection {
 
 /// Fills `stream` with `n` entries and creates the group `g` at its start (not timed).
 async fn fill(stream: &str, n: usize) {
-    let mut con = connection().await;
-    for chunk in (0..n).collect::<Vec<_>>().chunks(PUBLISH_BATCH) {
-        let mut pipe = redis::pipe();
-        for &i in chunk {
-            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(payload(i)).ignore();
-        }
-        pipe.exec_async(&mut con).await.expect("fill");
-    }
-    redis::cmd("XGROUP")
-        .arg("CREATE")
-        .arg(stream)
-        .arg("g")
-        .arg("0")
-        .exec_async(&mut con)
-        .await
-        .expect("group");
+    test_redis::fill_stream(stream, "g", (0..n).map(payload), PUBLISH_BATCH).await.expect("fill");
 }
 
 async fn delete(stream: &str) {
     redis::cmd("DEL").arg(stream).exec_async(&mut connection().await).await.expect("DEL");
 }
 
-/// The raw consumer: `XREADGROUP … COUNT 64` on one connection, the payloads taken out of the
-/// reply, then `XACK` of the batch's IDs on another, one after the other.
+/// The raw consumer, in test support so that the app's end-to-end benchmark compares with the same.
 async fn raw_consume(stream: &str, n: usize) -> f64 {
-    let client = redis::Client::open(test_redis::url()).expect("url");
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
-    let mut reader = client.get_multiplexed_async_connection_with_config(&config).await.expect("reader");
-    let mut acker = connection().await;
-    let started = Instant::now();
-    let mut consumed = 0;
-    while consumed < n {
-        let reply: Value = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg("g")
-            .arg("raw")
-            .arg("COUNT")
-            .arg(IN_FLIGHT)
-            .arg("BLOCK")
-            .arg(1000)
-            .arg("STREAMS")
-            .arg(stream)
-            .arg(">")
-            .query_async(&mut reader)
-            .await
-            .expect("XREADGROUP");
-        let ids = raw_entries(reply);
-        if ids.is_empty() {
-            continue;
-        }
-        consumed += ids.len();
-        redis::cmd("XACK").arg(stream).arg("g").arg(&ids).exec_async(&mut acker).await.expect("XACK");
-    }
-    rate(consumed, started.elapsed())
-}
-
-/// The IDs of an XREADGROUP reply (RESP2), each entry's payload moved out and looked at.
-fn raw_entries(reply: Value) -> Vec<String> {
-    let Value::Array(streams) = reply else { return Vec::new() };
-    let mut ids = Vec::new();
-    for stream in streams {
-        let Value::Array(mut pair) = stream else { continue };
-        let Value::Array(entries) = pair.swap_remove(1) else { continue };
-        for entry in entries {
-            let Value::Array(mut parts) = entry else { continue };
-            if let Value::Array(fields) = parts.swap_remove(1) {
-                black_box(fields.into_iter().nth(1));
-            }
-            if let Value::BulkString(id) = parts.swap_remove(0) {
-                ids.push(String::from_utf8(id).expect("an ID is text"));
-            }
-        }
-    }
-    ids
+    test_redis::raw_consume(stream, "g", IN_FLIGHT, n).await.expect("raw consume")
 }
 
 /// The adapter: `next`, then `ack`, until `n` came; then `close`, which sends the last

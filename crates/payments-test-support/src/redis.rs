@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use ::redis::aio::MultiplexedConnection;
-use ::redis::{AsyncConnectionConfig, RedisError, RedisResult};
+use ::redis::{AsyncConnectionConfig, RedisError, RedisResult, Value};
 
 use crate::{Gate, Test, libtest_mimic};
 
@@ -215,4 +215,93 @@ mod tests {
         assert!(!a.prefix().contains([' ', '/', ':', '*']), "{}", a.prefix());
         assert_eq!(a.key("stream"), format!("{}:stream", a.prefix()));
     }
+}
+
+/// Fills `stream` with an entry per payload (field `payload`), `batch` to a round trip, and creates
+/// the consumer group `group` at its start: for benchmarks, untimed.
+///
+/// # Errors
+///
+/// The client's error.
+pub async fn fill_stream(
+    stream: &str,
+    group: &str,
+    payloads: impl Iterator<Item = Vec<u8>>,
+    batch: usize,
+) -> RedisResult<()> {
+    let mut connection = connect().await?;
+    let payloads: Vec<Vec<u8>> = payloads.collect();
+    for chunk in payloads.chunks(batch.max(1)) {
+        let mut pipe = ::redis::pipe();
+        for body in chunk {
+            pipe.cmd("XADD").arg(stream).arg("*").arg("payload").arg(&body[..]).ignore();
+        }
+        pipe.exec_async(&mut connection).await?;
+    }
+    ::redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg(group)
+        .arg("0")
+        .arg("MKSTREAM")
+        .exec_async(&mut connection)
+        .await
+}
+
+/// The raw consumer a hand-written program would be, for benchmarks to compare with: `XREADGROUP
+/// … COUNT count` on one connection, each payload taken out of the reply, then `XACK` of the
+/// batch's IDs on another, one after the other, until `n` entries came; returns entries per second.
+///
+/// # Errors
+///
+/// The client's error.
+pub async fn raw_consume(stream: &str, group: &str, count: usize, n: usize) -> RedisResult<f64> {
+    let client = ::redis::Client::open(url())?;
+    let config = ::redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut reader = client.get_multiplexed_async_connection_with_config(&config).await?;
+    let mut acker = connect().await?;
+    let started = std::time::Instant::now();
+    let mut consumed = 0;
+    while consumed < n {
+        let reply: Value = ::redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(group)
+            .arg("raw")
+            .arg("COUNT")
+            .arg(count)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(stream)
+            .arg(">")
+            .query_async(&mut reader)
+            .await?;
+        let ids = raw_entries(reply);
+        if ids.is_empty() {
+            continue;
+        }
+        consumed += ids.len();
+        ::redis::cmd("XACK").arg(stream).arg(group).arg(&ids).exec_async(&mut acker).await?;
+    }
+    Ok(crate::bench::rate(consumed, started.elapsed()))
+}
+
+/// The IDs of an XREADGROUP reply (RESP2), each entry's payload moved out and looked at.
+fn raw_entries(reply: Value) -> Vec<String> {
+    let Value::Array(streams) = reply else { return Vec::new() };
+    let mut ids = Vec::new();
+    for stream in streams {
+        let Value::Array(mut pair) = stream else { continue };
+        let Value::Array(entries) = pair.swap_remove(1) else { continue };
+        for entry in entries {
+            let Value::Array(mut parts) = entry else { continue };
+            if let Value::Array(fields) = parts.swap_remove(1) {
+                std::hint::black_box(fields.into_iter().nth(1));
+            }
+            if let Value::BulkString(id) = parts.swap_remove(0) {
+                ids.push(String::from_utf8_lossy(&id).into_owned());
+            }
+        }
+    }
+    ids
 }
