@@ -194,29 +194,6 @@ pub fn trials(prefix: &str, tests: Vec<(String, Test)>) -> Vec<libtest_mimic::Tr
     crate::trials(prefix, &gate, tests)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn clients_are_found_by_their_exact_name_only() {
-        let list = "id=3 addr=127.0.0.1:1 laddr=127.0.0.1:6379 fd=8 name=t-1 age=0\n\
-                    id=4 addr=127.0.0.1:2 laddr=127.0.0.1:6379 fd=9 name=t-10 age=0\n\
-                    id=5 addr=127.0.0.1:3 laddr=127.0.0.1:6379 fd=10 name= age=0\n\
-                    id=6 addr=127.0.0.1:4 laddr=127.0.0.1:6379 fd=11 name=t-1 age=0\n";
-        assert_eq!(client_ids(list, "t-1"), [3, 6]);
-        assert_eq!(client_ids(list, "t"), Vec::<u64>::new());
-    }
-
-    #[test]
-    fn names_are_unique_and_plain() {
-        let (a, b) = (TestKeys::new("a test/with:odd*chars"), TestKeys::new("a test/with:odd*chars"));
-        assert_ne!(a.prefix(), b.prefix());
-        assert!(!a.prefix().contains([' ', '/', ':', '*']), "{}", a.prefix());
-        assert_eq!(a.key("stream"), format!("{}:stream", a.prefix()));
-    }
-}
-
 /// Fills `stream` with an entry per payload (field `payload`), `batch` to a round trip, and creates
 /// the consumer group `group` at its start: for benchmarks, untimed.
 ///
@@ -304,4 +281,27 @@ fn raw_entries(reply: Value) -> Vec<String> {
         }
     }
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clients_are_found_by_their_exact_name_only() {
+        let list = "id=3 addr=127.0.0.1:1 laddr=127.0.0.1:6379 fd=8 name=t-1 age=0\n\
+                    id=4 addr=127.0.0.1:2 laddr=127.0.0.1:6379 fd=9 name=t-10 age=0\n\
+                    id=5 addr=127.0.0.1:3 laddr=127.0.0.1:6379 fd=10 name= age=0\n\
+                    id=6 addr=127.0.0.1:4 laddr=127.0.0.1:6379 fd=11 name=t-1 age=0\n";
+        assert_eq!(client_ids(list, "t-1"), [3, 6]);
+        assert_eq!(client_ids(list, "t"), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn names_are_unique_and_plain() {
+        let (a, b) = (TestKeys::new("a test/with:odd*chars"), TestKeys::new("a test/with:odd*chars"));
+        assert_ne!(a.prefix(), b.prefix());
+        assert!(!a.prefix().contains([' ', '/', ':', '*']), "{}", a.prefix());
+        assert_eq!(a.key("stream"), format!("{}:stream", a.prefix()));
+    }
 }
