@@ -10,7 +10,7 @@ use crate::shell;
 
 /// Files that a doc quotes whole, in a fenced block: (doc, quoted file).
 const QUOTED: &[(&str, &str)] =
-    &[("docs/adding-an-adapter.md", "crates/payments-store-memory/tests/conformance.rs")];
+    &[("docs/adding-an-adapter.md", "crates/payments-store-file/tests/conformance.rs")];
 
 /// Files whose usage block (`payments-app <command> [--flag …]` lines) must name exactly the flags
 /// that `payments-app <command> --help` shows, for every command it has.
