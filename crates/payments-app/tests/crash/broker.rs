@@ -117,8 +117,8 @@ pub(crate) fn torture(
     while kills < options.kills {
         let delay = window.mul_f64((random(&state, &mut counter) % 1000) as f64 / 1000.0);
         std::thread::sleep(delay);
-        let victim = (random(&state, &mut counter) as usize) % running.len();
-        let mut child = running.swap_remove(victim);
+        // The consumer that has run longest: it is past its start-up, so the kill lands mid-work.
+        let mut child = running.remove(0);
         let still_running = child.try_wait().map_err(|e| e.to_string())?.is_none();
         let _ = child.kill(); // SIGKILL
         child.wait().map_err(|e| e.to_string())?;
