@@ -13,21 +13,27 @@
 //! - on shutdown it stops taking deliveries, lets those in flight finish (a delivery waiting to
 //!   retry is given up unacknowledged, so the source brings it back), then closes the source so
 //!   that its last acknowledgements are sent.
+//!
+//! What it does is reported to an [`Observer`] as it happens (for metrics and health checks),
+//! including a heartbeat at least once a second that says how long the oldest delivery in flight
+//! has been held: a consumer that is alive but stuck shows as a growing age.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::stream::FuturesUnordered;
 use payments_ports::{
-    DeadLetter, DeadLetterError, DeadLetterSink, Delivery, DeliverySource, Payload, Receipt, RepositoryError,
-    SourceError, error_chain,
+    DeadLetter, DeadLetterError, DeadLetterSink, Delivery, DeliverySource, Observer, Outcome, Payload,
+    Receipt, RepositoryError, RetryCause, SourceError, Unobserved, error_chain,
 };
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::RetryPolicy;
@@ -163,12 +169,16 @@ pub struct Run {
     pub ending: Ending,
 }
 
+/// How often the run loop reports that it is alive, at the least.
+pub const HEARTBEAT: Duration = Duration::from_secs(1);
+
 /// The consumer: a handler, a dead-letter sink, and how to run them.
 #[derive(Clone)]
 pub struct Consumer {
     handler: Handler,
     dead_letters: Arc<dyn DeadLetterSink>,
     config: ConsumerConfig,
+    observer: Arc<dyn Observer>,
 }
 
 impl fmt::Debug for Consumer {
@@ -187,33 +197,58 @@ enum Processed {
     Stop { reason: StopReason, retries: u32 },
 }
 
-/// What a settled delivery counts as.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Outcome {
-    Applied,
-    Duplicate,
-    Conflict,
-    Invalid,
+impl Processed {
+    /// What became of the delivery.
+    const fn outcome(&self) -> Outcome {
+        match self {
+            Self::Settled { outcome, .. } => *outcome,
+            Self::Abandoned { .. } | Self::Stop { .. } => Outcome::Unsettled,
+        }
+    }
+
+    const fn retries(&self) -> u32 {
+        match self {
+            Self::Settled { retries, .. } | Self::Abandoned { retries } | Self::Stop { retries, .. } => *retries,
+        }
+    }
 }
 
 impl Summary {
     fn count(&mut self, processed: &Processed) {
-        let retries = match processed {
-            Processed::Settled { outcome, retries } => {
-                match outcome {
-                    Outcome::Applied => self.applied += 1,
-                    Outcome::Duplicate => self.duplicates += 1,
-                    Outcome::Conflict => self.conflicts += 1,
-                    Outcome::Invalid => self.invalid += 1,
-                }
-                retries
-            }
-            Processed::Abandoned { retries } | Processed::Stop { retries, .. } => {
-                self.unsettled += 1;
-                retries
-            }
-        };
-        self.retries += u64::from(*retries);
+        match processed.outcome() {
+            Outcome::Applied => self.applied += 1,
+            Outcome::Duplicate => self.duplicates += 1,
+            Outcome::Conflict => self.conflicts += 1,
+            Outcome::Unsettled => self.unsettled += 1,
+            // Invalid, too large, too many attempts, and any kind added later: dead-lettered.
+            _ => self.invalid += 1,
+        }
+        self.retries += u64::from(processed.retries());
+    }
+}
+
+/// When each delivery in flight arrived, to tell the age of the oldest. Deliveries are numbered as
+/// they are taken, so the first entry is the oldest.
+#[derive(Default)]
+struct Arrivals {
+    next: u64,
+    held: BTreeMap<u64, Instant>,
+}
+
+impl Arrivals {
+    fn arrived(&mut self) -> u64 {
+        let number = self.next;
+        self.next += 1;
+        self.held.insert(number, Instant::now());
+        number
+    }
+
+    fn settled(&mut self, number: u64) {
+        self.held.remove(&number);
+    }
+
+    fn oldest(&self) -> Option<Duration> {
+        self.held.first_key_value().map(|(_, since)| since.elapsed())
     }
 }
 
@@ -226,7 +261,14 @@ enum Unavailable {
 impl Consumer {
     /// A consumer that handles with `handler` and dead-letters into `dead_letters`.
     pub fn new(handler: Handler, dead_letters: Arc<dyn DeadLetterSink>, config: ConsumerConfig) -> Self {
-        Self { handler, dead_letters, config }
+        Self { handler, dead_letters, config, observer: Arc::new(Unobserved) }
+    }
+
+    /// The same consumer, reporting what it does to `observer`.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
     }
 
     /// Consumes `source` until it is exhausted, idle (if so configured), `shutdown` is cancelled,
@@ -250,14 +292,22 @@ impl Consumer {
         // handler busy, small enough that a stop leaves few deliveries read but never handled.
         let (deliveries, mut incoming) = mpsc::channel(concurrency);
         let stop_reading = shutdown.child_token();
-        let mut reader =
-            Reader(Some(tokio::spawn(read(source, deliveries, self.config.retry, stop_reading.clone()))));
+        let mut reader = Reader(Some(tokio::spawn(read(
+            source,
+            deliveries,
+            self.config.retry,
+            stop_reading.clone(),
+            Arc::clone(&self.observer),
+        ))));
         // Cancelled to make deliveries waiting to retry give up: on shutdown, and when the
         // consumer must stop.
         let give_up = shutdown.child_token();
 
         let mut summary = Summary::default();
         let mut in_flight = FuturesUnordered::new();
+        let mut arrivals = Arrivals::default();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         // Set once no more deliveries are taken; the loop then drains what is in flight.
         let mut ending = None;
         let mut shutting_down = false;
@@ -285,7 +335,8 @@ impl Consumer {
                         ending = Some(Ending::ShutDown);
                     }
                 }
-                Some(processed) = in_flight.next() => {
+                Some((number, processed)) = in_flight.next() => {
+                    arrivals.settled(number);
                     summary.count(&processed);
                     if let Processed::Stop { reason, .. } = processed
                         && !matches!(ending, Some(Ending::Stopped(_)))
@@ -303,7 +354,9 @@ impl Consumer {
                     Some(Ok(delivery)) => {
                         summary.deliveries += 1;
                         quiet_since = Instant::now();
-                        in_flight.push(self.process(delivery, give_up.clone()));
+                        let number = arrivals.arrived();
+                        let process = self.process(delivery, give_up.clone());
+                        in_flight.push(async move { (number, process.await) });
                     }
                     Some(Err(err)) => {
                         ending = Some(Ending::Stopped(StopReason::Source(err)));
@@ -311,13 +364,14 @@ impl Consumer {
                     }
                     None => ending = Some(Ending::Exhausted),
                 },
+                _ = heartbeat.tick() => self.observer.heartbeat(arrivals.oldest()),
                 () = &mut idle, if watching_idle => {
                     // The timer was set from an older `quiet_since`: wait out the rest, or end.
                     let limit = idle_limit.unwrap_or_default();
                     if quiet_since.elapsed() >= limit {
                         ending = Some(Ending::Idle);
                     } else {
-                        idle.as_mut().reset((quiet_since + limit).into());
+                        idle.as_mut().reset(quiet_since + limit);
                     }
                 }
             }
@@ -341,6 +395,8 @@ impl Consumer {
     /// lease while that takes.
     async fn process(&self, delivery: Delivery, give_up: CancellationToken) -> Processed {
         let Delivery { payload, attempt, receipt } = delivery;
+        let arrived = Instant::now();
+        self.observer.delivered(attempt);
         let processed = {
             let mut work = pin!(self.settle(&payload, attempt, receipt.as_ref(), &give_up));
             match receipt.lease() {
@@ -348,7 +404,7 @@ impl Consumer {
                 Some(lease) => {
                     // Renewed three times per lease, so that one late renewal does not lose it.
                     let every = (lease / 3).max(Duration::from_millis(1));
-                    let mut renewals = tokio::time::interval_at((Instant::now() + every).into(), every);
+                    let mut renewals = tokio::time::interval_at(Instant::now() + every, every);
                     loop {
                         tokio::select! {
                             biased;
@@ -362,6 +418,7 @@ impl Consumer {
         if matches!(processed, Processed::Settled { .. }) {
             receipt.ack();
         }
+        self.observer.settled(processed.outcome(), arrived.elapsed());
         processed
     }
 
@@ -391,10 +448,7 @@ impl Consumer {
                     return Processed::Settled { outcome: Outcome::Duplicate, retries };
                 }
                 Action::DeadLetter(rejection) => {
-                    let outcome = match rejection {
-                        Rejection::Conflict(_) => Outcome::Conflict,
-                        _ => Outcome::Invalid,
-                    };
+                    let outcome = rejection.outcome();
                     let letter = DeadLetter {
                         kind: rejection.kind(),
                         reason: rejection.to_string(),
@@ -404,7 +458,9 @@ impl Consumer {
                         conflict: rejection.into_conflict(),
                     };
                     tracing::info!(kind = letter.kind.name(), origin = %letter.origin, attempt, reason = %letter.reason, "dead-lettering");
-                    match self.dead_letters.put(&letter).await {
+                    let written = self.dead_letters.put(&letter).await;
+                    self.observer.dead_letter(letter.kind, written.is_ok());
+                    match written {
                         Ok(()) => return Processed::Settled { outcome, retries },
                         Err(err) if err.is_unavailable() => Unavailable::DeadLetters(err),
                         Err(err) => {
@@ -429,10 +485,11 @@ impl Consumer {
             }
             retries += 1;
             let delay = self.config.retry.delay(retries);
-            let error = match &unavailable {
-                Unavailable::Store(err) => error_chain(err),
-                Unavailable::DeadLetters(err) => error_chain(err),
+            let (error, cause) = match &unavailable {
+                Unavailable::Store(err) => (error_chain(err), RetryCause::Store),
+                Unavailable::DeadLetters(err) => (error_chain(err), RetryCause::DeadLetters),
             };
+            self.observer.retrying(cause);
             tracing::warn!(%error, retry = retries, ?delay, origin = %receipt.origin(), "unavailable, retrying");
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -474,6 +531,7 @@ async fn read<S: DeliverySource>(
     deliveries: mpsc::Sender<Result<Delivery, SourceError>>,
     retry: RetryPolicy,
     stop: CancellationToken,
+    observer: Arc<dyn Observer>,
 ) -> S {
     let mut failures = 0;
     let mut stopped = pin!(stop.cancelled());
@@ -487,6 +545,9 @@ async fn read<S: DeliverySource>(
             Ok(Some(delivery)) => Ok(delivery),
             Ok(None) => return source,
             Err(err) if err.is_unavailable() => {
+                if failures == 0 {
+                    observer.source_reachable(false);
+                }
                 failures += 1;
                 tracing::warn!(error = %error_chain(&err), "message source unavailable, asking again");
                 tokio::select! {
@@ -496,6 +557,9 @@ async fn read<S: DeliverySource>(
             }
             Err(err) => Err(err),
         };
+        if failures > 0 {
+            observer.source_reachable(true);
+        }
         failures = 0;
         let failed = next.is_err();
         let sent = tokio::select! {

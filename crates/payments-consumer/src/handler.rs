@@ -16,7 +16,7 @@
 use std::sync::Arc;
 
 use payments_ports::domain::{Conflict, InvalidEvent, Payment, SaveOutcome, event};
-use payments_ports::{DeadLetterKind, Payload, PaymentsRepository, RepositoryError};
+use payments_ports::{DeadLetterKind, Outcome, Payload, PaymentsRepository, RepositoryError};
 
 /// What the consumer does with a message.
 #[derive(Debug)]
@@ -94,6 +94,16 @@ impl Rejection {
             Self::Invalid(_) | Self::Unreadable(_) => DeadLetterKind::Invalid,
             Self::TooLarge { .. } => DeadLetterKind::TooLarge,
             Self::TooManyAttempts { .. } => DeadLetterKind::TooManyAttempts,
+        }
+    }
+
+    /// What a delivery rejected so counts as, once its dead letter is written.
+    pub const fn outcome(&self) -> Outcome {
+        match self {
+            Self::Conflict(_) => Outcome::Conflict,
+            Self::Invalid(_) | Self::Unreadable(_) => Outcome::Invalid,
+            Self::TooLarge { .. } => Outcome::TooLarge,
+            Self::TooManyAttempts { .. } => Outcome::TooManyAttempts,
         }
     }
 

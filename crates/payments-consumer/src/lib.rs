@@ -18,5 +18,5 @@ pub mod consumer;
 pub mod handler;
 
 pub use backoff::RetryPolicy;
-pub use consumer::{Consumer, ConsumerConfig, Ending, Run, StopReason, Summary};
+pub use consumer::{Consumer, ConsumerConfig, Ending, HEARTBEAT, Run, StopReason, Summary};
 pub use handler::{Action, Handler, Rejection, Settled};

@@ -7,12 +7,15 @@
 //!   one is acknowledged. A broker adapter implements these two.
 //! - [`DeadLetterSink`] (driven port): where messages that can never succeed are kept.
 //! - [`Publisher`] (driven port): where outgoing messages go, confirmed by their broker.
+//! - [`Observer`] (driven port): what the consumer reports as it works, for metrics and health;
+//!   [`BacklogProbe`]: how much waits on a source's broker.
 //!
 //! For other crates' tests: with the `testing` feature, the [`testing`] module's doubles (a source
 //! that delivers a list, a sink that keeps its letters); with `mock`, also the mockall mocks
 //! `MockPaymentsRepository` and `MockDeadLetterSink`.
 
 mod dead_letter;
+mod observer;
 mod publisher;
 mod repository;
 mod source;
@@ -22,6 +25,7 @@ pub mod testing;
 #[cfg(any(test, feature = "mock"))]
 pub use dead_letter::MockDeadLetterSink;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
+pub use observer::{Backlog, BacklogProbe, Observer, Outcome, RetryCause, Unobserved};
 pub use publisher::{OutgoingMessage, PublishError, Publisher};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockPaymentsRepository;

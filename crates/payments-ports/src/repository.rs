@@ -85,6 +85,16 @@ pub trait PaymentsRepository: Send + Sync {
     /// When the backend fails.
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError>;
 
+    /// Whether the store answers now, as cheaply as it can: for readiness checks while no save
+    /// comes. The default asks for the count, which a store whose count is costly overrides.
+    ///
+    /// # Errors
+    ///
+    /// When the backend does not answer, as for any call.
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        self.count().await.map(drop)
+    }
+
     /// Finishes what the store has accepted and releases what it holds (a writer thread, a pool,
     /// a background batcher), without blocking the async runtime. Called once, when the caller is
     /// done with the store; a call after it fails with [`RepositoryError::Failed`]. `Drop` is the

@@ -62,12 +62,14 @@
 //!     may then come twice; the store makes that safe).
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::BoxError;
+use crate::observer::BacklogProbe;
 
 /// One arrival of a message. The same message can arrive many times, at the same time, out of order.
 #[derive(Debug)]
@@ -191,6 +193,13 @@ pub trait DeliverySource: Send {
     async fn close(&mut self) -> Result<(), SourceError> {
         Ok(())
     }
+
+    /// A way to ask the broker how much waits for this source's group, for metrics; asked once,
+    /// before the source is handed to the consumer. `None` (the default) when the broker cannot
+    /// tell, or there is none.
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        None
+    }
 }
 
 /// A source chosen at run time is a source too, so that one consumer loop runs them all.
@@ -202,6 +211,10 @@ impl DeliverySource for Box<dyn DeliverySource> {
 
     async fn close(&mut self) -> Result<(), SourceError> {
         (**self).close().await
+    }
+
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        (**self).backlog_probe()
     }
 }
 

@@ -60,6 +60,7 @@ pub struct ListSource {
     settlements: Settlements,
     lease: Option<Duration>,
     wait_at_end: bool,
+    outages: usize,
 }
 
 impl ListSource {
@@ -71,7 +72,15 @@ impl ListSource {
             settlements: Settlements::default(),
             lease: None,
             wait_at_end: false,
+            outages: 0,
         }
+    }
+
+    /// Answers the first `reads` reads with an unavailable error, as a broker that is down.
+    #[must_use]
+    pub fn unavailable_first(mut self, reads: usize) -> Self {
+        self.outages = reads;
+        self
     }
 
     /// Gives every receipt this lease.
@@ -97,6 +106,10 @@ impl ListSource {
 #[async_trait]
 impl DeliverySource for ListSource {
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
+        if self.outages > 0 {
+            self.outages -= 1;
+            return Err(SourceError::unavailable("the list is down"));
+        }
         let Some(payload) = self.payloads.pop_front() else {
             if self.wait_at_end {
                 std::future::pending::<()>().await;

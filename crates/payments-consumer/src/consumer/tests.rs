@@ -300,3 +300,91 @@ async fn a_shutdown_requested_while_the_loop_is_busy_still_ends_the_run_as_shut_
     assert!(matches!(run.ending, Ending::ShutDown), "{:?}", run.ending);
     assert!(settlements.closed());
 }
+
+/// What an observer was told, in order.
+#[derive(Debug, PartialEq)]
+enum Told {
+    Delivered(u32),
+    Settled(Outcome),
+    Retrying(RetryCause),
+    DeadLetter(DeadLetterKind, bool),
+    Heartbeat(Option<Duration>),
+    SourceReachable(bool),
+}
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<Told>>);
+
+impl Recorder {
+    fn told(&self, what: Told) {
+        self.0.lock().expect("recorder").push(what);
+    }
+
+    fn count(&self, which: impl Fn(&Told) -> bool) -> usize {
+        self.0.lock().expect("recorder").iter().filter(|told| which(told)).count()
+    }
+}
+
+impl Observer for Recorder {
+    fn delivered(&self, attempt: u32) {
+        self.told(Told::Delivered(attempt));
+    }
+    fn settled(&self, outcome: Outcome, _took: Duration) {
+        self.told(Told::Settled(outcome));
+    }
+    fn retrying(&self, cause: RetryCause) {
+        self.told(Told::Retrying(cause));
+    }
+    fn dead_letter(&self, kind: DeadLetterKind, written: bool) {
+        self.told(Told::DeadLetter(kind, written));
+    }
+    fn heartbeat(&self, oldest: Option<Duration>) {
+        self.told(Told::Heartbeat(oldest));
+    }
+    fn source_reachable(&self, reachable: bool) {
+        self.told(Told::SourceReachable(reachable));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_observer_is_told_every_outcome_retry_dead_letter_and_the_age_of_the_oldest_delivery() {
+    let mut repository = MockPaymentsRepository::new();
+    let calls = Arc::new(Mutex::new(0));
+    let counted = Arc::clone(&calls);
+    repository.expect_save().returning(move |_| {
+        let mut calls = counted.lock().expect("calls");
+        *calls += 1;
+        if *calls <= 4 { Err(RepositoryError::unavailable("down")) } else { Ok(SaveOutcome::New) }
+    });
+    let retry = RetryPolicy {
+        first_delay: Duration::from_secs(1),
+        max_delay: Duration::from_secs(2),
+        give_up_after: Duration::from_secs(3600),
+    };
+    let recorder = Arc::new(Recorder::default());
+    let consumer = Consumer::new(
+        Handler::new(Arc::new(repository)),
+        Arc::new(KeptDeadLetters::default()),
+        ConsumerConfig { concurrency: 1, retry, ..ConsumerConfig::default() },
+    )
+    .with_observer(Arc::clone(&recorder) as Arc<dyn Observer>);
+    let source = ListSource::new([A, BAD]).unavailable_first(2);
+    let run = consumer.run(source, CancellationToken::new(), &mut |_| {}).await;
+
+    assert_eq!((run.summary.applied, run.summary.invalid), (1, 1), "{:?}", run.summary);
+    assert_eq!(recorder.count(|t| *t == Told::Delivered(1)), 2);
+    assert_eq!(recorder.count(|t| *t == Told::Settled(Outcome::Applied)), 1);
+    assert_eq!(recorder.count(|t| *t == Told::Settled(Outcome::Invalid)), 1);
+    assert_eq!(recorder.count(|t| *t == Told::Retrying(RetryCause::Store)) as u64, run.summary.retries);
+    assert_eq!(recorder.count(|t| *t == Told::DeadLetter(DeadLetterKind::Invalid, true)), 1);
+    // Down for two reads, then up: told once each way, not on every read.
+    assert_eq!(recorder.count(|t| *t == Told::SourceReachable(false)), 1);
+    assert_eq!(recorder.count(|t| *t == Told::SourceReachable(true)), 1);
+    // Four retries of at least half a second hold the first delivery over two seconds: the
+    // heartbeat, every second, saw it age.
+    assert!(
+        recorder.count(|t| matches!(t, Told::Heartbeat(Some(age)) if *age >= Duration::from_secs(1))) >= 1,
+        "{:?}",
+        recorder.0.lock().expect("recorder")
+    );
+}
