@@ -76,6 +76,8 @@ impl Role {
             "payments-simulator" => Self::Simulator,
             "payments-conformance" => Self::Conformance,
             "payments-test-support" => Self::TestSupport,
+            // The operations adapter: an Observer, a store decorator, HTTP endpoints.
+            "payments-metrics" => Self::Adapter,
             "payments-app" => Self::App,
             "xtask" => Self::Xtask,
             _ if AdapterKind::of(name).is_some() => Self::Adapter,
@@ -225,6 +227,7 @@ mod tests {
         assert_eq!(Role::of("payments-store-redis"), Some(Adapter));
         assert_eq!(Role::of("payments-source-nats"), Some(Adapter));
         assert_eq!(Role::of("payments-sink-lines"), Some(Adapter));
+        assert_eq!(Role::of("payments-metrics"), Some(Adapter));
         assert_eq!(Role::of("payments-utils"), None);
     }
 

@@ -208,7 +208,9 @@ impl Processed {
 
     const fn retries(&self) -> u32 {
         match self {
-            Self::Settled { retries, .. } | Self::Abandoned { retries } | Self::Stop { retries, .. } => *retries,
+            Self::Settled { retries, .. } | Self::Abandoned { retries } | Self::Stop { retries, .. } => {
+                *retries
+            }
         }
     }
 }
@@ -335,6 +337,9 @@ impl Consumer {
                         ending = Some(Ending::ShutDown);
                     }
                 }
+                // Before the deliveries, which under load are always ready: once a second, and
+                // never starved by them.
+                _ = heartbeat.tick() => self.observer.heartbeat(arrivals.oldest()),
                 Some((number, processed)) = in_flight.next() => {
                     arrivals.settled(number);
                     summary.count(&processed);
@@ -364,7 +369,6 @@ impl Consumer {
                     }
                     None => ending = Some(Ending::Exhausted),
                 },
-                _ = heartbeat.tick() => self.observer.heartbeat(arrivals.oldest()),
                 () = &mut idle, if watching_idle => {
                     // The timer was set from an older `quiet_since`: wait out the rest, or end.
                     let limit = idle_limit.unwrap_or_default();

@@ -4,6 +4,7 @@
 //!   under `CI=true` it fails instead. Trials are named after their functions.
 //! - [`bench`]: the rows of `cargo xtask bench`, each scenario measured beside its raw baseline
 //!   in the same run, and the command line every benchmark binary shares.
+//! - [`scrape`]: a running consumer's HTTP endpoints read as Prometheus and a kubelet do.
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
 //!   a stream) that the test removes afterwards: `postgres`, `mysql` and `redis`.
@@ -19,6 +20,7 @@ pub mod mysql;
 pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
+pub mod scrape;
 pub mod servers;
 
 pub use gate::{Gate, Test, trials, under_ci};

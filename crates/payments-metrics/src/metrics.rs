@@ -1,0 +1,371 @@
+//! The registry and every metric in it: [`Metrics`], which the consumer reports to as its
+//! [`Observer`], and which [`Metrics::instrument`] puts around the store.
+//!
+//! Names follow the OpenTelemetry messaging conventions, translated to Prometheus, where one
+//! exists (`messaging_client_consumed_messages_total`, `messaging_process_duration_seconds`); the
+//! rest are the project's own, under `payments_`. Every label value comes from a fixed set (an
+//! outcome, an operation, a kind) or from the configuration (the store, the destination): never
+//! from a message, so the number of series is bounded whatever arrives.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use payments_ports::{DeadLetterKind, Observer, Outcome, RetryCause};
+use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::health::Health;
+use crate::store::StoreMetrics;
+
+/// The OpenTelemetry messaging conventions' buckets for `messaging.process.duration`, in seconds.
+pub const PROCESS_DURATION_BUCKETS: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
+
+/// Buckets for the attempt number of each delivery: a first delivery is 1.
+const ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+
+/// Every outcome a delivery can have, in the order their series are made.
+const OUTCOMES: [Outcome; 7] = [
+    Outcome::Applied,
+    Outcome::Duplicate,
+    Outcome::Conflict,
+    Outcome::Invalid,
+    Outcome::TooLarge,
+    Outcome::TooManyAttempts,
+    Outcome::Unsettled,
+];
+
+/// Where the consumer reads from, as the messaging labels say it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    /// `messaging_system`: the broker (`redis`, `nats`, `rabbitmq`), or `file` for JSON lines.
+    pub system: String,
+    /// `messaging_destination_name`: the stream, subject, queue or file name.
+    pub name: String,
+    /// `messaging_consumer_group_name`: the consumer group or durable consumer, if any.
+    pub group: Option<String>,
+}
+
+/// The messaging labels, with `error_type` on failed processing only.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct MessagingLabels {
+    destination: Arc<Destination>,
+    error_type: Option<&'static str>,
+}
+
+impl EncodeLabelSet for MessagingLabels {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        ("messaging_system", self.destination.system.as_str()).encode(encoder.encode_label())?;
+        ("messaging_destination_name", self.destination.name.as_str()).encode(encoder.encode_label())?;
+        if let Some(group) = &self.destination.group {
+            ("messaging_consumer_group_name", group.as_str()).encode(encoder.encode_label())?;
+        }
+        if let Some(error_type) = self.error_type {
+            ("error_type", error_type).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
+/// One label whose value is a name from a fixed set.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Named {
+    key: &'static str,
+    value: &'static str,
+}
+
+impl EncodeLabelSet for Named {
+    fn encode(&self, encoder: &mut LabelSetEncoder<'_>) -> Result<(), fmt::Error> {
+        (self.key, self.value).encode(encoder.encode_label())
+    }
+}
+
+/// A gauge that holds a float (seconds, a timestamp).
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// The series one outcome updates, made once so that a delivery costs no label lookup.
+#[derive(Debug)]
+struct PerOutcome {
+    outcome: Outcome,
+    deliveries: Counter,
+    process: Histogram,
+}
+
+/// Every metric of one consumer, and the health its reports feed.
+pub struct Metrics {
+    registry: Registry,
+    health: Arc<Health>,
+    consumed: Counter,
+    outcomes: Vec<PerOutcome>,
+    deliveries: Family<Named, Counter>,
+    process: Family<MessagingLabels, Histogram, fn() -> Histogram>,
+    destination: Arc<Destination>,
+    retries: Family<Named, Counter>,
+    retry_counters: [(RetryCause, Counter); 2],
+    dead_letters: Family<Named, Counter>,
+    dead_letter_failures: Family<Named, Counter>,
+    attempts: Histogram,
+    oldest_in_flight: FloatGauge,
+    last_delivery: FloatGauge,
+    source_up: Gauge,
+    source_waiting: Family<MessagingLabels, Gauge>,
+    source_unacknowledged: Family<MessagingLabels, Gauge>,
+    pub(crate) stores: StoreMetrics,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").field("destination", &self.destination).finish_non_exhaustive()
+    }
+}
+
+fn process_histogram() -> Histogram {
+    Histogram::new(PROCESS_DURATION_BUCKETS)
+}
+
+impl Metrics {
+    /// The metrics of a consumer reading from `destination`, in a registry of their own.
+    pub fn new(destination: Destination) -> Self {
+        let destination = Arc::new(destination);
+        let mut registry = Registry::default();
+
+        let consumed = Family::<MessagingLabels, Counter>::default();
+        registry.register(
+            "messaging_client_consumed_messages",
+            "Messages delivered to the consumer (OpenTelemetry messaging.client.consumed.messages)",
+            consumed.clone(),
+        );
+        let process = Family::<MessagingLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            process_histogram as fn() -> Histogram,
+        );
+        registry.register_with_unit(
+            "messaging_process_duration",
+            "Time from a delivery's arrival to its settlement (OpenTelemetry messaging.process.duration); \
+             error_type is set when it was dead-lettered or left unacknowledged",
+            Unit::Seconds,
+            process.clone(),
+        );
+        let deliveries = Family::<Named, Counter>::default();
+        registry.register(
+            "payments_deliveries",
+            "Deliveries settled, by outcome: applied, duplicate, conflict, invalid, too_large, \
+             too_many_attempts (the four dead-lettered), unsettled (left for redelivery)",
+            deliveries.clone(),
+        );
+        let retries = Family::<Named, Counter>::default();
+        registry.register(
+            "payments_retries",
+            "Times a delivery was handled again after a backoff, by cause: store or dead_letters unavailable",
+            retries.clone(),
+        );
+        let dead_letters = Family::<Named, Counter>::default();
+        registry.register("payments_dead_letters", "Dead letters written, by kind", dead_letters.clone());
+        let dead_letter_failures = Family::<Named, Counter>::default();
+        registry.register(
+            "payments_dead_letter_failures",
+            "Dead letters that could not be written (the delivery is retried or the consumer stops), by kind",
+            dead_letter_failures.clone(),
+        );
+        let attempts = Histogram::new(ATTEMPT_BUCKETS);
+        registry.register(
+            "payments_delivery_attempts",
+            "The attempt number of each delivery, as the source counts it (1 for a first delivery)",
+            attempts.clone(),
+        );
+        let oldest_in_flight = FloatGauge::default();
+        registry.register_with_unit(
+            "payments_oldest_in_flight",
+            "How long the oldest delivery in flight has been held; 0 when none is",
+            Unit::Seconds,
+            oldest_in_flight.clone(),
+        );
+        let last_delivery = FloatGauge::default();
+        registry.register_with_unit(
+            "payments_last_delivery_timestamp",
+            "When the last delivery was settled, in seconds since the Unix epoch; 0 before the first",
+            Unit::Seconds,
+            last_delivery.clone(),
+        );
+        let source_up = Gauge::default();
+        registry.register(
+            "payments_source_up",
+            "Whether the source's broker answered last time it was asked",
+            source_up.clone(),
+        );
+        let source_waiting = Family::<MessagingLabels, Gauge>::default();
+        registry.register(
+            "payments_source_backlog_messages",
+            "Messages waiting on the broker for this consumer group, not delivered yet, as the broker \
+             counts them (absent where it cannot tell)",
+            source_waiting.clone(),
+        );
+        let source_unacknowledged = Family::<MessagingLabels, Gauge>::default();
+        registry.register(
+            "payments_source_unacknowledged_messages",
+            "Messages delivered to this consumer group and not acknowledged yet, as the broker counts \
+             them (absent where it cannot tell)",
+            source_unacknowledged.clone(),
+        );
+        let stores = StoreMetrics::register(&mut registry);
+
+        let messaging = |error_type| MessagingLabels { destination: Arc::clone(&destination), error_type };
+        let consumed = consumed.get_or_create_owned(&messaging(None));
+        let outcomes = OUTCOMES
+            .into_iter()
+            .map(|outcome| PerOutcome {
+                outcome,
+                deliveries: deliveries.get_or_create_owned(&Named { key: "outcome", value: outcome.name() }),
+                process: process.get_or_create_owned(&messaging(error_type(outcome))),
+            })
+            .collect();
+        // Every series exists from the start, at 0, so that `rate()` and `increase()` see the
+        // first event as one.
+        let retry_counters = [RetryCause::Store, RetryCause::DeadLetters]
+            .map(|cause| (cause, retries.get_or_create_owned(&Named { key: "cause", value: cause.name() })));
+        for kind in [
+            DeadLetterKind::Conflict,
+            DeadLetterKind::Invalid,
+            DeadLetterKind::TooLarge,
+            DeadLetterKind::TooManyAttempts,
+        ] {
+            for family in [&dead_letters, &dead_letter_failures] {
+                drop(family.get_or_create(&Named { key: "kind", value: kind.name() }));
+            }
+        }
+        Self {
+            registry,
+            health: Arc::new(Health::new()),
+            consumed,
+            outcomes,
+            deliveries,
+            process,
+            destination,
+            retries,
+            retry_counters,
+            dead_letters,
+            dead_letter_failures,
+            attempts,
+            oldest_in_flight,
+            last_delivery,
+            source_up,
+            source_waiting,
+            source_unacknowledged,
+            stores,
+        }
+    }
+
+    /// The health checks these metrics feed.
+    pub fn health(&self) -> &Arc<Health> {
+        &self.health
+    }
+
+    /// Everything, in the Prometheus text format (version 0.0.4).
+    pub fn encode_prometheus(&self) -> String {
+        let mut text = String::new();
+        // Writing to a String fails only if a metric's own encoding does, which ours never do.
+        if let Err(err) = prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %err, "encoding the metrics failed");
+        }
+        text
+    }
+
+    /// Everything, in the OpenMetrics text format (ends with `# EOF`).
+    pub fn encode_openmetrics(&self) -> String {
+        let mut text = String::new();
+        if let Err(err) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(error = %err, "encoding the metrics failed");
+        }
+        text
+    }
+
+    /// Records whether the source's broker answered, for `payments_source_up` and readiness.
+    pub fn set_source_up(&self, up: bool) {
+        self.source_up.set(i64::from(up));
+        self.health.set_source_up(up);
+    }
+
+    /// Records the broker's count of waiting and unacknowledged messages.
+    /// A count the broker does not give stays absent, rather than a misleading 0.
+    pub fn set_backlog(&self, backlog: payments_ports::Backlog) {
+        let labels = MessagingLabels { destination: Arc::clone(&self.destination), error_type: None };
+        for (family, count) in
+            [(&self.source_waiting, backlog.waiting), (&self.source_unacknowledged, backlog.unacknowledged)]
+        {
+            if let Some(count) = count {
+                family.get_or_create(&labels).set(i64::try_from(count).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    fn per_outcome(&self, outcome: Outcome) -> Option<&PerOutcome> {
+        self.outcomes.iter().find(|per| per.outcome == outcome)
+    }
+}
+
+/// What `error_type` says for an outcome: nothing when it succeeded.
+const fn error_type(outcome: Outcome) -> Option<&'static str> {
+    match outcome {
+        Outcome::Applied | Outcome::Duplicate => None,
+        other => Some(other.name()),
+    }
+}
+
+impl Observer for Metrics {
+    fn delivered(&self, attempt: u32) {
+        self.consumed.inc();
+        self.attempts.observe(f64::from(attempt));
+    }
+
+    fn settled(&self, outcome: Outcome, took: Duration) {
+        match self.per_outcome(outcome) {
+            Some(per) => {
+                per.deliveries.inc();
+                per.process.observe(took.as_secs_f64());
+            }
+            // An outcome added to the port after this adapter was written still counts.
+            None => {
+                self.deliveries.get_or_create(&Named { key: "outcome", value: outcome.name() }).inc();
+                let labels = MessagingLabels {
+                    destination: Arc::clone(&self.destination),
+                    error_type: error_type(outcome),
+                };
+                self.process.get_or_create(&labels).observe(took.as_secs_f64());
+            }
+        }
+        if outcome.acknowledged() {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            self.last_delivery.set(now.as_secs_f64());
+        }
+    }
+
+    fn retrying(&self, cause: RetryCause) {
+        match self.retry_counters.iter().find(|(known, _)| *known == cause) {
+            Some((_, counter)) => {
+                counter.inc();
+            }
+            None => {
+                self.retries.get_or_create(&Named { key: "cause", value: cause.name() }).inc();
+            }
+        }
+    }
+
+    fn dead_letter(&self, kind: DeadLetterKind, written: bool) {
+        let family = if written { &self.dead_letters } else { &self.dead_letter_failures };
+        family.get_or_create(&Named { key: "kind", value: kind.name() }).inc();
+    }
+
+    fn heartbeat(&self, oldest: Option<Duration>) {
+        self.oldest_in_flight.set(oldest.unwrap_or_default().as_secs_f64());
+        self.health.beat();
+    }
+
+    fn source_reachable(&self, reachable: bool) {
+        self.set_source_up(reachable);
+    }
+}
