@@ -64,6 +64,7 @@ cases! {
     get_returns_the_recorded_payment,
     get_of_an_absent_id_returns_none,
     an_empty_store_counts_zero_and_lists_nothing,
+    ping_succeeds_on_a_store_that_answers_and_changes_nothing,
     every_recorded_payment_round_trips_through_the_export,
     list_pages_ascend_by_id_and_start_strictly_after_the_cursor,
     ids_at_the_length_limits_are_kept_exactly,
@@ -403,6 +404,31 @@ async fn an_empty_store_counts_zero_and_lists_nothing(f: &Fixture) {
     assert_eq!(count(store.as_ref()).await, 0, "an empty store must count zero");
     let page = store.list(None, 10).await.unwrap_or_else(|err| panic!("list failed: {}", error_chain(&err)));
     assert!(page.is_empty(), "an empty store must list nothing, got {page:?}");
+}
+
+async fn ping_succeeds_on_a_store_that_answers_and_changes_nothing(f: &Fixture) {
+    let store = f.open().await;
+    let ping = |when: &'static str| {
+        let store = Arc::clone(&store);
+        async move {
+            if let Err(err) = store.ping().await {
+                panic!(
+                    "sentence 10: ping must succeed on a store that answers ({when}), got {}",
+                    error_chain(&err)
+                );
+            }
+        }
+    };
+    ping("empty").await;
+    let recorded = payment("pay-pinged", 5, "EUR");
+    save(store.as_ref(), &recorded).await;
+    ping("holding a payment").await;
+    assert_eq!(count(store.as_ref()).await, 1, "sentence 10: ping must change nothing");
+    assert_eq!(
+        get(store.as_ref(), &recorded.id).await,
+        Some(recorded),
+        "sentence 10: ping must change nothing"
+    );
 }
 
 async fn every_recorded_payment_round_trips_through_the_export(f: &Fixture) {

@@ -14,7 +14,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// # Contract
 ///
 /// Every adapter MUST keep each of these sentences. `payments-conformance` checks sentences 1 to
-/// 4 and 6 to 8 with cases named after them, which every adapter runs; sentences 5 and 9 need a
+/// 4, 6 to 8 and 10 with cases named after them, which every adapter runs; sentences 5 and 9 need a
 /// failure provoked inside the backend (a failed fsync, a killed process or connection), so each
 /// adapter checks them with fault tests of its own.
 ///
@@ -48,6 +48,11 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 ///    when the same call may succeed later (connection refused or lost, overload, timeout), and
 ///    [`RepositoryError::Failed`] when it will not (a corrupt or poisoned store, a broken schema).
 ///    After an error, the payment MUST be either recorded once or not at all.
+///
+/// **Watching**:
+///
+/// 10. [`ping`](Self::ping) MUST succeed on a store that answers, change nothing, and fail like
+///     any other call (sentence 9) on one that does not.
 ///
 /// Durable adapters (declared by their conformance harness) also keep everything across closing and
 /// reopening; shared adapters let several instances, in several processes, use one store with all
@@ -85,8 +90,9 @@ pub trait PaymentsRepository: Send + Sync {
     /// When the backend fails.
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError>;
 
-    /// Whether the store answers now, as cheaply as it can: for readiness checks while no save
-    /// comes. The default asks for the count, which a store whose count is costly overrides.
+    /// Whether the store answers now, as cheaply as it can (sentence 10): for readiness checks
+    /// while no save comes. The default asks for the count, which a store whose count is costly
+    /// overrides.
     ///
     /// # Errors
     ///

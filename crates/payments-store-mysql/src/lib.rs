@@ -237,6 +237,11 @@ impl PaymentsRepository for MysqlPaymentsRepository {
         rows::column(&mut row, 0, "the count")
     }
 
+    /// `SELECT 1` on a pooled connection: a count scans the table.
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        self.with_conn("ping", async |conn| conn.query_drop("SELECT 1").await).await
+    }
+
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
         let read = self
             .with_conn("list", async |conn| match after {

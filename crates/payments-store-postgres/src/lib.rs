@@ -371,6 +371,16 @@ impl PaymentsRepository for PostgresPaymentsRepository {
         .await
     }
 
+    /// `SELECT 1` on a pooled connection: a count scans the table.
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        self.bounded("ping", async {
+            let client = self.inner.pool.get().await.map_err(|err| errors::pool("ping", err))?;
+            client.simple_query("SELECT 1").await.map_err(|err| errors::query("ping", err))?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn close(&self) -> Result<(), RepositoryError> {
         self.shut_down().await
     }

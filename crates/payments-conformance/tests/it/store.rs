@@ -32,6 +32,8 @@ enum Bug {
     NarrowCount,
     /// `list` blocks its thread for ever, as a deadlocked driver would.
     BlocksInList,
+    /// `ping` always fails, as one that runs a query the store rejects would.
+    PingFails,
 }
 
 type Map = Arc<Mutex<BTreeMap<PaymentId, Payment>>>;
@@ -101,6 +103,13 @@ impl PaymentsRepository for BrokenRepository {
             None => payments.range(..),
         };
         Ok(range.take(limit).map(|(_, p)| p.clone()).collect())
+    }
+
+    async fn ping(&self) -> Result<(), RepositoryError> {
+        if self.bug == Bug::PingFails {
+            return Err(RepositoryError::failed("no such function: ping()"));
+        }
+        self.count().await.map(drop)
     }
 }
 
@@ -239,6 +248,11 @@ fn catches_paging_that_never_advances_without_running_away() {
         ],
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(120), "bounded: {:?}", started.elapsed());
+}
+
+#[test]
+fn catches_a_ping_that_fails_on_a_store_that_answers() {
+    assert_caught(Bug::PingFails, &["ping_succeeds_on_a_store_that_answers_and_changes_nothing"]);
 }
 
 #[test]
