@@ -74,6 +74,7 @@
 //! redis's `ConnectionManager`. `rediss://` needs the `tls` feature.
 
 mod acker;
+mod backlog;
 mod config;
 mod connection;
 mod dead_letter;

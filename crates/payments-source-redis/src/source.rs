@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use payments_ports::{Delivery, DeliverySource, Payload, Receipt, SourceError};
+use payments_ports::{BacklogProbe, Delivery, DeliverySource, Payload, Receipt, SourceError};
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Value};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::acker::{Acker, Command};
+use crate::backlog::RedisBacklog;
 use crate::config::RedisSourceConfig;
 use crate::errors::{self, Class};
 use crate::link::Link;
@@ -531,6 +532,13 @@ impl DeliverySource for RedisSource {
         }
     }
 
+    /// `XINFO GROUPS` on a connection of the probe's own.
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        let client = client(&self.config).ok()?;
+        let link = Link::new(client, format!("{}-backlog", self.config.client_name()), Some(ACK_TIMEOUT));
+        Some(Arc::new(RedisBacklog::new(self.config.clone(), link)))
+    }
+
     async fn close(&mut self) -> Result<(), SourceError> {
         if self.closed {
             return Ok(());
@@ -711,7 +719,7 @@ fn client(config: &RedisSourceConfig) -> Result<redis::Client, SourceError> {
         .map_err(|err| SourceError::failed_because(format!("invalid Redis URL {}", config.endpoint), err))
 }
 
-fn source_error(config: &RedisSourceConfig, action: &str, err: RedisError) -> SourceError {
+pub(crate) fn source_error(config: &RedisSourceConfig, action: &str, err: RedisError) -> SourceError {
     let message = format!("cannot {action} on {}", config);
     if errors::is_transient(&err) {
         SourceError::unavailable_because(message, err)

@@ -33,6 +33,7 @@ fn main() -> ExitCode {
             source::a_deleted_and_recreated_stream_is_read_again,
             source::an_entry_without_a_payload_is_unreadable,
             source::close_sends_every_acknowledgement,
+            source::the_backlog_probe_counts_what_waits_and_what_is_unacknowledged,
             sinks::the_dead_letter_sink_writes_a_whole_letter,
             sinks::the_publisher_round_trips_bytes_and_ids,
         ],

@@ -202,3 +202,44 @@ pub(crate) fn close_sends_every_acknowledgement() -> Result<(), Failed> {
         Ok(())
     })
 }
+
+/// The backlog probe reads the group's lag and pending count on a connection of its own: entries
+/// not read yet wait, entries read and held are unacknowledged, and both drain to zero.
+pub(crate) fn the_backlog_probe_counts_what_waits_and_what_is_unacknowledged() -> Result<(), Failed> {
+    with_keys("backlog", |keys| async move {
+        let stream = keys.key("stream");
+        add(&stream, &numbered("b", 10)).await;
+        let mut source = open(&keys, "g", "c", 3).await;
+        let probe = source.backlog_probe().expect("Redis can tell its backlog");
+        let before = probe.backlog().await?;
+        assert_eq!((before.waiting, before.unacknowledged), (Some(10), Some(0)), "nothing read yet");
+
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(next_within(&mut source, PATIENCE).await.expect("delivered"));
+        }
+        let reading = probe.backlog().await?;
+        let (waiting, unacknowledged) =
+            (reading.waiting.expect("a lag"), reading.unacknowledged.expect("a pending count"));
+        assert!(unacknowledged >= 3, "three held: {reading:?}");
+        assert_eq!(waiting + unacknowledged, 10, "every entry either waits or is pending: {reading:?}");
+
+        for delivery in held.drain(..) {
+            delivery.receipt.ack();
+        }
+        while let Some(delivery) = next_within(&mut source, Duration::from_millis(500)).await {
+            delivery.receipt.ack();
+        }
+        let drained = eventually(PATIENCE, || async {
+            probe.backlog().await.is_ok_and(|b| b.waiting == Some(0) && b.unacknowledged == Some(0))
+        })
+        .await;
+        assert!(
+            drained,
+            "all read and acknowledged, the probe must say 0 and 0: {:?}",
+            probe.backlog().await
+        );
+        source.close().await?;
+        Ok(())
+    })
+}
