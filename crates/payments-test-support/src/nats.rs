@@ -177,6 +177,25 @@ pub async fn leftover_streams() -> Result<Vec<String>, BoxError> {
         .collect())
 }
 
+/// For the end of a test binary: `Err` naming the streams this process left behind on the test
+/// server; `Ok` when there are none, or when the server cannot be asked (its tests were skipped).
+///
+/// # Errors
+///
+/// The streams left behind.
+pub fn no_streams_left() -> Result<(), String> {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+        return Ok(());
+    };
+    match runtime.block_on(async { tokio::time::timeout(Duration::from_secs(10), leftover_streams()).await })
+    {
+        Ok(Ok(left)) if !left.is_empty() => {
+            Err(format!("streams left behind on the NATS test server: {left:?}"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// A TCP proxy in front of the test server: clients connect to [`url`](Self::url), and a test
 /// cuts their connections with [`cut`](Self::cut), as a network fault would. Dropping it stops it
 /// and closes every connection through it.
@@ -223,6 +242,9 @@ impl TestProxy {
                 let upstream = upstream.clone();
                 let connection = tokio::spawn(async move {
                     if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
+                        // As the client and the server do: small writes (an acknowledgement, a
+                        // pull) must not wait for Nagle's algorithm, 40 ms a time.
+                        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                     }
                 });
