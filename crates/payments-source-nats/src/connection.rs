@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectErrorKind, Event};
-use tokio::sync::watch;
 
 use crate::config::Endpoint;
 
@@ -16,35 +15,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two reconnection attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
-/// A client and what it tells about its connection.
-pub(crate) struct Connected {
-    pub(crate) client: Client,
-    /// Counts the connections made: it moves on after every reconnection.
-    pub(crate) connections: watch::Receiver<u64>,
-}
-
 /// Connects to `endpoint`, naming the connection `name` (the server's `connz` shows it).
 ///
 /// The first connection must succeed here; after that the client reconnects by itself, without
 /// end, at once and then at most every [`MAX_RECONNECT_DELAY`]. Publishes and acknowledgements
 /// made while it is away wait in its buffer and go out on the new connection.
-pub(crate) async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connected, async_nats::ConnectError> {
-    let (connections_tx, connections) = watch::channel(0u64);
+pub(crate) async fn connect(endpoint: &Endpoint, name: &str) -> Result<Client, async_nats::ConnectError> {
     let shown = endpoint.to_string();
-    let client = endpoint
+    endpoint
         .options()
         .name(name)
         .connection_timeout(CONNECT_TIMEOUT)
         .max_reconnects(None)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
-            let (connections_tx, shown) = (connections_tx.clone(), shown.clone());
+            let shown = shown.clone();
             async move {
                 match event {
-                    Event::Connected => {
-                        connections_tx.send_modify(|n| *n += 1);
-                        tracing::debug!(server = %shown, "connected to NATS");
-                    }
+                    Event::Connected => tracing::debug!(server = %shown, "connected to NATS"),
                     Event::Disconnected => tracing::warn!(server = %shown, "lost the NATS connection; reconnecting"),
                     Event::SlowConsumer(sid) => tracing::warn!(server = %shown, sid, "NATS slow consumer: messages were dropped in the client (they come again after ack_wait)"),
                     other => tracing::debug!(server = %shown, event = %other, "NATS event"),
@@ -52,8 +40,7 @@ pub(crate) async fn connect(endpoint: &Endpoint, name: &str) -> Result<Connected
             }
         })
         .connect(endpoint.address())
-        .await?;
-    Ok(Connected { client, connections })
+        .await
 }
 
 /// The pause before reconnection attempt `attempts`: none for the first, then doubling from 50 ms
@@ -99,7 +86,12 @@ pub(crate) fn connect_is_transient(err: &async_nats::ConnectError) -> bool {
 /// stream's).
 pub(crate) fn create_stream_is_transient(err: &jetstream::context::CreateStreamError) -> bool {
     use jetstream::context::CreateStreamErrorKind as Kind;
-    matches!(err.kind(), Kind::TimedOut | Kind::JetStreamUnavailable | Kind::Response)
+    match err.kind() {
+        Kind::TimedOut | Kind::JetStreamUnavailable | Kind::Response => true,
+        // The server failed for now (a 5xx status), rather than refused.
+        Kind::JetStream(js) => js.code() >= 500,
+        _ => false,
+    }
 }
 
 #[cfg(test)]

@@ -55,17 +55,20 @@
 //!     `ack_wait` (and 5 s): a reader that stops asking holds no request by the time a message it
 //!     would take is due again, so a redelivery goes to a reader that asks.
 //! 11. **A lost connection** is recovered inside the source: the client reconnects by itself
-//!     (at once, then backing off to 2 s, without end), its subscriptions with it. After a
-//!     reconnection the pull in progress is replaced once what it had received is handed out;
-//!     messages that were in transit come again after `ack_wait`. Acknowledgements made while
-//!     the connection is down wait in the client and go out on the new one; JetStream applies
-//!     an acknowledgement whatever connection it comes on. While the server cannot be reached,
-//!     `next` says `SourceError::Unavailable` each time a pull ends unanswered.
+//!     (at once, then backing off to 2 s, without end) and subscribes its inboxes again, so a pull
+//!     that the server still holds can go on delivering. A pull the server did not end by its
+//!     expiry (its end was lost with the connection) is replaced a second later; messages that
+//!     were in transit come again after `ack_wait`. Acknowledgements made while the connection
+//!     is down wait in the client and go out on the new one; JetStream applies an
+//!     acknowledgement whatever connection it comes on, and one lost with the old connection only
+//!     makes its message come again. While the server cannot be reached, `next` says
+//!     `SourceError::Unavailable` about a second after each pull's expiry, rather than wait.
 //! 12. **Creating again is harmless.** The stream is created only if missing; the consumer is
 //!     created or updated (JetStream's create-or-update) to the same settings. A consumer (or
-//!     its stream) deleted under a running source is never waited on silently: a pull that fails,
-//!     or that the server leaves unanswered past its expiry (what a 2.9 server does for a deleted
-//!     consumer), makes the source ask for the consumer's info; when it is gone, the source
+//!     its stream) deleted under a running source is never waited on silently: a pull that fails
+//!     (a 409 "Consumer Deleted"), or that the server leaves unanswered past its expiry (what a 2.9
+//!     server does for a pull on a deleted consumer), makes the source ask for the consumer's
+//!     info (the stall guard); when it is gone, the source
 //!     creates it again (and the stream, if that is gone too), and the new consumer delivers the
 //!     stream again from its start: the store answers duplicates. When the server does not answer
 //!     either, the source is `Unavailable`.

@@ -16,13 +16,13 @@ use async_nats::{Client, Subject};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
 use payments_ports::{Delivery, DeliverySource, Payload, Receipt, SourceError};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::acker::{Acker, Command};
 use crate::config::NatsSourceConfig;
-use crate::connection::{self, Connected};
+use crate::connection;
 
 /// The longest a pull request waits at the server for messages. Shorter than the lease (half of
 /// `ack_wait`), so that a source that stops asking holds no request by the time a message it
@@ -30,9 +30,9 @@ use crate::connection::{self, Connected};
 const MAX_EXPIRES: Duration = Duration::from_secs(5);
 /// The shortest.
 const MIN_EXPIRES: Duration = Duration::from_millis(100);
-/// A pull that brought nothing and ended this much later than its `expires` was not answered by
-/// the server (a 2.9 server says nothing to a pull on a deleted consumer): the consumer is
-/// checked.
+/// A pull still open this long after its `expires` was not ended by the server: its end was lost
+/// with a connection, or the server is away, or the consumer is gone (a 2.9 server says nothing to
+/// a pull on a deleted consumer). The pull is replaced and the consumer checked.
 const STALL_MARGIN: Duration = Duration::from_secs(1);
 /// Failed pulls within one `next` before it reports the source unavailable.
 const PULL_ATTEMPTS: u32 = 3;
@@ -55,16 +55,23 @@ enum Pull {
     /// Subscribing to its inbox and sending it. Kept here, not in a local, so that a `next`
     /// dropped half-way leaves it to the next call.
     Requesting { request: Pin<Box<dyn Future<Output = Result<Batch, BatchError>> + Send>>, since: Instant },
-    /// Sent: its messages arrive in `batch` until it has them all or it expires.
+    /// Sent: its messages arrive in `batch` until it has them all or it expires (the server then
+    /// ends it with a 408 status).
     Open {
         /// Boxed: a batch is large, and most of the time there is one.
         batch: Box<Batch>,
         since: Instant,
-        received: usize,
-        /// The client reconnected since it was sent: what it already holds is handed out, then it
-        /// is replaced (the server may have forgotten it with the old connection).
-        stale: bool,
     },
+}
+
+/// What waiting on an open pull came to.
+// Lives on the stack for one match; boxing the message would allocate once per delivery.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    /// A message, an error, or the end of the pull.
+    Item(Option<Result<jetstream::Message, async_nats::Error>>),
+    /// The pull is still open past its expiry and a margin.
+    Overdue,
 }
 
 /// A reader of a JetStream durable pull consumer: see the crate's documentation for how it keeps
@@ -76,10 +83,6 @@ pub struct NatsSource {
     consumer: PullConsumer,
     shared: Arc<Shared>,
     pull: Pull,
-    /// Moves on after every reconnection.
-    connections: watch::Receiver<u64>,
-    /// Whether `connections` still moves (false once the client is closed).
-    connected_once: bool,
     /// How long a pull request waits at the server.
     expires: Duration,
     acker: Option<JoinHandle<()>>,
@@ -104,16 +107,14 @@ impl NatsSource {
     /// the subject, a consumer of that name that cannot take these settings).
     pub async fn connect(config: NatsSourceConfig) -> Result<Self, SourceError> {
         let name = format!("payments-source {}/{}", config.stream, config.consumer);
-        let Connected { client, mut connections } =
-            connection::connect(&config.endpoint, &name).await.map_err(|err| {
-                let message = format!("cannot connect to {}", config.endpoint);
-                if connection::connect_is_transient(&err) {
-                    SourceError::unavailable_because(message, err)
-                } else {
-                    SourceError::failed_because(message, err)
-                }
-            })?;
-        connections.borrow_and_update();
+        let client = connection::connect(&config.endpoint, &name).await.map_err(|err| {
+            let message = format!("cannot connect to {}", config.endpoint);
+            if connection::connect_is_transient(&err) {
+                SourceError::unavailable_because(message, err)
+            } else {
+                SourceError::failed_because(message, err)
+            }
+        })?;
         let context = connection::jetstream(client.clone(), config.timeout);
         let consumer = ensure_consumer(&context, &config).await?;
         let lease = consumer.cached_info().config.ack_wait;
@@ -139,8 +140,6 @@ impl NatsSource {
             consumer,
             shared,
             pull: Pull::Idle,
-            connections,
-            connected_once: true,
             acker: Some(acker),
             closed: false,
         })
@@ -163,8 +162,8 @@ impl NatsSource {
 
     /// The stall guard, after a pull failed (`cause`) or went unanswered: asks the server about
     /// the consumer. Gone (deleted, or its stream deleted): it is created again, and the caller
-    /// pulls again. There: the failure was passing, and is reported as such. No answer: the
-    /// server is unavailable.
+    /// pulls again. There: a failure was passing, and is reported as such. No answer, or no
+    /// connection: the server is unavailable.
     async fn recover(&mut self, cause: Option<String>) -> Result<(), SourceError> {
         let cause = cause.map(|c| format!(": {c}")).unwrap_or_default();
         if self.client.connection_state() != State::Connected {
@@ -253,7 +252,7 @@ impl DeliverySource for NatsSource {
                 let since = *since;
                 match request.await {
                     Ok(batch) => {
-                        self.pull = Pull::Open { batch: Box::new(batch), since, received: 0, stale: false };
+                        self.pull = Pull::Open { batch: Box::new(batch), since };
                     }
                     Err(err) => {
                         self.pull = Pull::Idle;
@@ -263,29 +262,18 @@ impl DeliverySource for NatsSource {
                     }
                 }
             }
-            let Pull::Open { batch, since, received, stale } = &mut self.pull else { continue };
-            // Each step below is safe to drop: a message leaves the batch only when it is returned.
-            let item = if *stale {
-                batch.next().now_or_never().flatten()
-            } else {
-                tokio::select! {
-                    item = batch.next() => item,
-                    changed = self.connections.changed(), if self.connected_once => {
-                        match changed {
-                            Ok(()) => *stale = true,
-                            // The client is closed: its pulls end by themselves, with errors.
-                            Err(_) => self.connected_once = false,
-                        }
-                        continue;
-                    }
-                }
+            let Pull::Open { batch, since } = &mut self.pull else { continue };
+            // Safe to drop: a message leaves the batch only when it is returned. A message already
+            // there goes out before the pull is found overdue.
+            let overdue = *since + self.expires + STALL_MARGIN;
+            let step = tokio::select! {
+                biased;
+                item = batch.next() => Step::Item(item),
+                () = tokio::time::sleep_until(overdue) => Step::Overdue,
             };
-            match item {
-                Some(Ok(message)) => {
-                    *received += 1;
-                    return Ok(Some(self.hand_out(message, permit)));
-                }
-                Some(Err(err)) => {
+            match step {
+                Step::Item(Some(Ok(message))) => return Ok(Some(self.hand_out(message, permit))),
+                Step::Item(Some(Err(err))) => {
                     self.pull = Pull::Idle;
                     failures += 1;
                     if failures > PULL_ATTEMPTS {
@@ -296,12 +284,13 @@ impl DeliverySource for NatsSource {
                     }
                     self.recover(Some(err.to_string())).await?;
                 }
-                None => {
-                    let (waited, received) = (since.elapsed(), *received);
+                Step::Item(None) => self.pull = Pull::Idle,
+                // The server ends a pull at its expiry; this one it did not: its end was lost with
+                // a connection (the pull is replaced), or the server is away (unavailable), or the
+                // consumer is gone (created again): the guard tells which.
+                Step::Overdue => {
                     self.pull = Pull::Idle;
-                    if received == 0 && waited > self.expires + STALL_MARGIN {
-                        self.recover(None).await?;
-                    }
+                    self.recover(None).await?;
                 }
             }
         }
@@ -428,8 +417,12 @@ async fn ensure_consumer(
         let message = format!("cannot create the consumer on {config}");
         let transient = match err.kind() {
             ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => true,
-            // The stream went away between the two calls: the next attempt makes it again.
-            ConsumerErrorKind::JetStream(js) => js.error_code() == ErrorCode::STREAM_NOT_FOUND,
+            // The stream went away between the two calls (the next attempt makes it again), or
+            // the server failed for now: a consumer created right after its namesake was deleted
+            // can meet the old one's store still being removed (500, "error creating store").
+            ConsumerErrorKind::JetStream(js) => {
+                js.error_code() == ErrorCode::STREAM_NOT_FOUND || js.code() >= 500
+            }
             _ => false,
         };
         if transient {

@@ -10,7 +10,7 @@ use async_nats::jetstream::{self, context::PublishError};
 use payments_ports::BoxError;
 
 use crate::config::NatsStreamConfig;
-use crate::connection::{self, Connected};
+use crate::connection;
 
 /// Publishes whose acknowledgement is awaited before more go out: below the context's bound on
 /// acknowledgements in flight (5000), which would otherwise make a long batch wait for itself.
@@ -33,7 +33,7 @@ impl Writer {
     /// Connects and creates the stream if it is missing.
     pub(crate) async fn connect(config: NatsStreamConfig, role: &str) -> Result<Self, WriteError> {
         let name = format!("payments-{role} {}", config.stream);
-        let Connected { client, .. } = connection::connect(&config.endpoint, &name).await.map_err(|err| {
+        let client = connection::connect(&config.endpoint, &name).await.map_err(|err| {
             if connection::connect_is_transient(&err) {
                 WriteError::Unavailable(err.into())
             } else {
