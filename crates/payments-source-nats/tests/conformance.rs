@@ -123,12 +123,8 @@ impl SourceHarness for NatsHarness {
 
 fn main() -> ExitCode {
     let code = payments_conformance::source::main(NatsHarness);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-    if let Ok(Ok(left)) = runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), test_nats::leftover_streams()).await
-    }) && !left.is_empty()
-    {
-        eprintln!("streams left behind on the server: {left:?}");
+    if let Err(left) = test_nats::no_streams_left() {
+        eprintln!("{left}");
         return ExitCode::FAILURE;
     }
     code
