@@ -134,14 +134,34 @@ impl TestStreams {
 
     /// Removes every stream of this test (and with them their consumers); returns how many.
     ///
+    /// A deletion the server fails (a 2.9 server answers 500, "directory not empty", when a
+    /// consumer was created again while its files were being removed) is tried again, for up to
+    /// five seconds.
+    ///
     /// # Errors
     ///
-    /// The client's error.
+    /// The client's error, once the deletion keeps failing.
     pub async fn remove(&self) -> Result<usize, BoxError> {
         let context = jetstream().await?;
         let mut removed = 0;
         for name in streams_named(&context, &self.prefix).await? {
-            context.delete_stream(&name).await?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                match context.delete_stream(&name).await {
+                    Ok(_) => break,
+                    // Gone already: an attempt that failed had deleted it after all.
+                    Err(err)
+                        if matches!(err.kind(), jetstream::context::DeleteStreamErrorKind::JetStream(js)
+                            if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+                    {
+                        break;
+                    }
+                    Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(100)).await
+                    }
+                    Err(err) => return Err(format!("cannot delete the stream {name}: {err}").into()),
+                }
+            }
             removed += 1;
         }
         Ok(removed)
