@@ -7,7 +7,7 @@
 //! - [`scrape`]: a running consumer's HTTP endpoints read as Prometheus and a kubelet do.
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
-//!   a stream) that the test removes afterwards: `postgres`, `mysql` and `redis`.
+//!   a stream) that the test removes afterwards: `postgres`, `mysql`, `redis` and `nats`.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.
@@ -16,6 +16,8 @@ pub mod bench;
 pub mod gate;
 #[cfg(feature = "mysql")]
 pub mod mysql;
+#[cfg(feature = "nats")]
+pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 #[cfg(feature = "redis")]
