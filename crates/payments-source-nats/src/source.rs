@@ -15,7 +15,7 @@ use async_nats::jetstream::{self, ErrorCode};
 use async_nats::{Client, Subject};
 use async_trait::async_trait;
 use futures::{FutureExt, StreamExt};
-use payments_ports::{Delivery, DeliverySource, Payload, Receipt, SourceError};
+use payments_ports::{Backlog, BacklogProbe, Delivery, DeliverySource, Payload, Receipt, SourceError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -296,6 +296,11 @@ impl DeliverySource for NatsSource {
         }
     }
 
+    /// The consumer's info: `num_pending` waits, `num_ack_pending` is unacknowledged.
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        Some(Arc::new(NatsBacklog { consumer: self.consumer.clone(), described: self.config.to_string() }))
+    }
+
     async fn close(&mut self) -> Result<(), SourceError> {
         if self.closed {
             return Ok(());
@@ -383,6 +388,24 @@ impl Drop for NatsReceipt {
         if let Some(reply) = self.reply.take() {
             let _ = self.shared.commands.send(Command::Nak(reply));
         }
+    }
+}
+
+/// Asks the server for the durable consumer's counts, by its name: a consumer made again after a
+/// deletion is asked the same way. NATS multiplexes one connection, so the question never waits
+/// behind a pull.
+struct NatsBacklog {
+    consumer: PullConsumer,
+    described: String,
+}
+
+#[async_trait]
+impl BacklogProbe for NatsBacklog {
+    async fn backlog(&self) -> Result<Backlog, SourceError> {
+        let info = self.consumer.get_info().await.map_err(|err| {
+            SourceError::unavailable_because(format!("cannot read the consumer on {}", self.described), err)
+        })?;
+        Ok(Backlog { waiting: Some(info.num_pending), unacknowledged: Some(info.num_ack_pending as u64) })
     }
 }
 

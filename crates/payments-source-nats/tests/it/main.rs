@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             source::the_consumer_has_the_settings_the_contract_needs,
             source::close_sends_every_acknowledgement,
             source::double_acks_are_confirmed_before_close_returns,
+            source::the_backlog_probe_counts_what_waits_and_what_is_unacknowledged,
             sinks::the_dead_letter_sink_writes_a_whole_letter,
             sinks::the_publisher_round_trips_bytes_headers_and_ids,
             sinks::a_republication_with_the_same_id_is_deduplicated,

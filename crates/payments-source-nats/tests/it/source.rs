@@ -313,3 +313,45 @@ pub(crate) fn double_acks_are_confirmed_before_close_returns() -> Result<(), Fai
         Ok(())
     })
 }
+
+/// The backlog probe reads the consumer's `num_pending` and `num_ack_pending`: messages not pulled
+/// yet wait, messages held are unacknowledged, and both drain to zero.
+pub(crate) fn the_backlog_probe_counts_what_waits_and_what_is_unacknowledged() -> Result<(), Failed> {
+    with_streams("backlog", |streams| async move {
+        let place = Place::new(&streams);
+        create_stream(&place).await;
+        publish(&place.subject, &numbered("b", 10)).await;
+        let mut source = open(&place, test_nats::url().as_str(), "c", 3, "&ack-wait-ms=60000").await;
+        let probe = source.backlog_probe().expect("JetStream can tell its backlog");
+        let before = probe.backlog().await?;
+        assert_eq!((before.waiting, before.unacknowledged), (Some(10), Some(0)), "nothing pulled yet");
+
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(next_within(&mut source, PATIENCE).await.expect("delivered"));
+        }
+        let reading = probe.backlog().await?;
+        let (waiting, unacknowledged) =
+            (reading.waiting.expect("num_pending"), reading.unacknowledged.expect("num_ack_pending"));
+        assert!(unacknowledged >= 3, "three held: {reading:?}");
+        assert_eq!(waiting + unacknowledged, 10, "every message either waits or is pending: {reading:?}");
+
+        for delivery in held.drain(..) {
+            delivery.receipt.ack();
+        }
+        while let Some(delivery) = next_within(&mut source, Duration::from_secs(1)).await {
+            delivery.receipt.ack();
+        }
+        let drained = eventually(PATIENCE, || async {
+            probe.backlog().await.is_ok_and(|b| b.waiting == Some(0) && b.unacknowledged == Some(0))
+        })
+        .await;
+        assert!(
+            drained,
+            "all pulled and acknowledged, the probe must say 0 and 0: {:?}",
+            probe.backlog().await
+        );
+        source.close().await?;
+        Ok(())
+    })
+}
