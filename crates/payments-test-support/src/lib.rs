@@ -6,7 +6,8 @@
 //!   in the same run, and the command line every benchmark binary shares.
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
-//!   a stream) that the test removes afterwards: `postgres`, `mysql` and `redis`.
+//!   a stream, queues) that the test removes afterwards: `postgres`, `mysql`, `redis` and
+//!   `rabbitmq`.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.
@@ -17,6 +18,8 @@ pub mod gate;
 pub mod mysql;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod servers;
