@@ -8,9 +8,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 /// Transient: the network (I/O errors, a missed heartbeat, a connection or channel that is
 /// closed or closing), the broker closing the connection (`CONNECTION_FORCED`: an operator, a
 /// restart), a resource alarm or an internal error. Permanent: what a retry cannot change
-/// (refused credentials or virtual host, a missing exchange, a queue that exists with other
-/// arguments or is exclusive to another connection, a message too large for the broker), and
-/// errors that mean this client broke the protocol.
+/// (refused credentials or virtual host, a TLS handshake that fails, a missing exchange, a queue
+/// that exists with other arguments or is exclusive to another connection, a message too large
+/// for the broker), and errors that mean this client broke the protocol.
 pub(crate) fn is_transient(err: &lapin::Error) -> bool {
     match err.kind() {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
@@ -31,6 +31,8 @@ pub(crate) fn is_transient(err: &lapin::Error) -> bool {
                     | AMQPHardError::CHANNELERROR
             ),
         },
+        // What rustls reports as I/O: a certificate it refuses, a server that does not speak TLS.
+        ErrorKind::IOError(io) if io.kind() == std::io::ErrorKind::InvalidData => false,
         ErrorKind::InvalidProtocolVersion(_)
         | ErrorKind::SerialisationError(_)
         | ErrorKind::AuthProviderError(_)

@@ -96,11 +96,11 @@
 //!     consumer stream reports an error, or ends (the broker cancelled the consumer: a deleted
 //!     queue), `next` makes a new connection at once, declares the queue again and consumes
 //!     again; if that fails too, it returns `SourceError::Unavailable` (or `Failed` for refused
-//!     credentials, a refused virtual host or queue), and connects again at the next call, so a
-//!     broker that stays away is reported, never waited for (each attempt is bounded by a
-//!     10 s connect timeout; heartbeats every 10 s notice a silent network). Deliveries lapin
-//!     had buffered from the broken channel are discarded, not handed out: RabbitMQ requeued
-//!     them. An acknowledgement of a delivery from before the break goes through that
+//!     credentials, a refused virtual host or queue, a failed TLS handshake), and connects again
+//!     at the next call, so a broker that stays away is reported, never waited for (each attempt
+//!     is bounded by a 10 s connect timeout; heartbeats every 10 s notice a silent network).
+//!     Deliveries lapin had buffered from the broken channel are discarded, not handed out:
+//!     RabbitMQ requeued them. An acknowledgement of a delivery from before the break goes through that
 //!     delivery's own `Acker`, which lapin refuses once its channel is gone (`Ok(false)`,
 //!     counted in [`SourceStats::stale_settlements`]): it never reaches the new channel, where
 //!     its delivery tag would name another delivery, or none, and make RabbitMQ close it. One
