@@ -7,7 +7,8 @@
 //! - [`scrape`]: a running consumer's HTTP endpoints read as Prometheus and a kubelet do.
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
-//!   a stream) that the test removes afterwards: `postgres`, `mysql`, `redis` and `nats`.
+//!   a stream, queues) that the test removes afterwards: `postgres`, `mysql`, `redis`, `nats` and
+//!   `rabbitmq`.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.
@@ -20,6 +21,8 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod scrape;
