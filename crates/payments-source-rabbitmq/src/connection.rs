@@ -121,6 +121,21 @@ async fn declare_one(connection: &Connection, queue: &str, arguments: FieldTable
     }
 }
 
+/// How many messages are ready in `queue` (not delivered to any consumer): a passive declaration
+/// on a channel of its own. AMQP does not tell the unacknowledged count; the management API does.
+pub(crate) async fn ready_count(connection: &Connection, queue: &str) -> lapin::Result<u32> {
+    let channel = bounded(STEP_TIMEOUT, "open a channel", connection.create_channel()).await?;
+    let passive = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
+    let found = bounded(
+        STEP_TIMEOUT,
+        "look the queue up",
+        channel.queue_declare(queue.into(), passive, FieldTable::default()),
+    )
+    .await;
+    close_quietly(&channel).await;
+    Ok(found?.message_count())
+}
+
 /// Checks that `exchange` exists (a passive declaration), and binds `queue` to it with
 /// `routing_key` when there is a queue.
 pub(crate) async fn check_exchange(

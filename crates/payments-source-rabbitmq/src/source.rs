@@ -11,7 +11,7 @@ use futures::StreamExt;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{Channel, Connection, Consumer};
-use payments_ports::{Delivery, DeliverySource, Payload, Receipt, SourceError};
+use payments_ports::{Backlog, BacklogProbe, Delivery, DeliverySource, Payload, Receipt, SourceError};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -204,6 +204,15 @@ impl RabbitSource {
 
 #[async_trait]
 impl DeliverySource for RabbitSource {
+    /// The queue's ready count, from a passive declaration on a connection of the probe's own;
+    /// the unacknowledged count is left out, as AMQP does not give it.
+    fn backlog_probe(&self) -> Option<Arc<dyn BacklogProbe>> {
+        Some(Arc::new(RabbitBacklog {
+            config: self.config.clone(),
+            connection: tokio::sync::Mutex::new(None),
+        }))
+    }
+
     async fn next(&mut self) -> Result<Option<Delivery>, SourceError> {
         if self.closed {
             return Err(SourceError::failed(format!("the source on {} is closed", self.config)));
@@ -415,6 +424,37 @@ impl Drop for RabbitReceipt {
             // Without this, RabbitMQ would hold the message until the channel closes.
             let _ = self.shared.commands.send(Command::Requeue(acker));
         }
+    }
+}
+
+/// Asks RabbitMQ how many messages are ready in the queue, on a connection of its own (made when
+/// first asked, and again after it broke).
+struct RabbitBacklog {
+    config: RabbitSourceConfig,
+    connection: tokio::sync::Mutex<Option<lapin::Connection>>,
+}
+
+#[async_trait]
+impl BacklogProbe for RabbitBacklog {
+    async fn backlog(&self) -> Result<Backlog, SourceError> {
+        let mut held = self.connection.lock().await;
+        let connection = match held.take() {
+            Some(connection) if connection.status().connected() => connection,
+            _ => {
+                let name = format!("{}-backlog", self.config.connection_name());
+                connection::connect(&self.config.endpoint, &name)
+                    .await
+                    .map_err(|err| source_error(&self.config, "connect", err))?
+            }
+        };
+        let ready = connection::ready_count(&connection, &self.config.queue).await.map_err(|err| {
+            SourceError::unavailable_because(
+                format!("cannot count the ready messages on {}", self.config),
+                err,
+            )
+        })?;
+        *held = Some(connection);
+        Ok(Backlog { waiting: Some(u64::from(ready)), unacknowledged: None })
     }
 }
 

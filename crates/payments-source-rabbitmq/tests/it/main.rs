@@ -39,6 +39,7 @@ fn main() -> ExitCode {
             source::close_sends_every_acknowledgement,
             source::consumers_of_one_queue_split_it_and_take_over_from_a_crashed_one,
             source::a_body_over_the_limit_is_delivered_as_too_large,
+            source::the_backlog_probe_counts_the_ready_messages,
             sinks::the_dead_letter_sink_confirms_a_whole_letter,
             sinks::a_letter_through_an_exchange_arrives_or_is_refused,
             sinks::the_publisher_confirms_and_round_trips_bytes_and_ids,

@@ -398,3 +398,35 @@ pub(crate) fn a_body_over_the_limit_is_delivered_as_too_large() -> Result<(), Fa
         Ok(())
     })
 }
+
+/// The backlog probe counts the queue's ready messages on a connection of its own: all of them
+/// before any is delivered, fewer while the source holds some (prefetched messages are not
+/// ready), none once all are acknowledged. It does not claim an unacknowledged count.
+pub(crate) fn the_backlog_probe_counts_the_ready_messages() -> Result<(), Failed> {
+    with_queues("backlog", |queues| async move {
+        let queue = queue(&queues, "payments");
+        publish(&queues, &queue, &numbered("b", 10)).await;
+        let mut source = open(&queues, &queue, 3).await;
+        let probe = source.backlog_probe().expect("RabbitMQ can tell its ready count");
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(next_within(&mut source, PATIENCE).await.expect("delivered"));
+        }
+        let reading = probe.backlog().await?;
+        assert_eq!(reading.unacknowledged, None, "AMQP does not tell it: absent, not a made-up 0");
+        assert_eq!(reading.waiting, Some(7), "ten published, three prefetched and held");
+        for delivery in held.drain(..) {
+            delivery.receipt.ack();
+        }
+        while let Some(delivery) = next_within(&mut source, Duration::from_secs(1)).await {
+            delivery.receipt.ack();
+        }
+        let drained =
+            eventually(PATIENCE, || async { probe.backlog().await.is_ok_and(|b| b.waiting == Some(0)) })
+                .await;
+        assert!(drained, "all acknowledged, none may be ready: {:?}", probe.backlog().await);
+        drop(probe);
+        source.close().await?;
+        Ok(())
+    })
+}
