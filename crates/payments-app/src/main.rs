@@ -1,218 +1,53 @@
 //! `payments-app`: applies `PaymentTaken` events exactly once, whatever the source redelivers.
 //!
 //! ```text
-//! payments-app consume  [--store STORE] [--input PATH|-] [--dead-letter PATH] [--concurrency N] [--report json]
+//! payments-app consume  [--store STORE] [--input PATH|-|URL] [--dead-letter PATH|URL] [--concurrency N] [--report json]
 //!                       [--max-message-bytes N] [--max-line-bytes N] [--retry-limit-secs S] [--stop-when-idle SECS]
-//! payments-app export   [--store STORE]
+//!                       [--metrics-addr HOST:PORT] [--log-format text|json]
+//! payments-app export   [--store STORE] [--log-format text|json]
 //! payments-app simulate [--store STORE] [--payments N] [--duplicate-rate R] [--crash-rate C] [--conflict-rate K]
-//!                       [--invalid-rate I] [--seed S] [--concurrency N] [--report json]
-//! payments-app publish  --to URL [--input PATH|-] [--max-message-bytes N] [--report json]
+//!                       [--invalid-rate I] [--seed S] [--concurrency N] [--report json] [--log-format text|json]
+//! payments-app publish  --to URL [--input PATH|-] [--max-message-bytes N] [--report json] [--log-format text|json]
 //! ```
+//!
+//! Every flag can also come from an environment variable, which `--help` names
+//! (`PAYMENTS_STORE`, `PAYMENTS_INPUT`, …); a flag wins over its variable.
 //!
 //! The command line is a contract that tests and users script against: flags are added, never
 //! renamed or removed. `cargo xtask test` checks that this usage, and the README's, list exactly the
 //! flags `--help` shows.
 //!
-//! This is the composition root: it parses the command line, and `adapters` turns specs into
-//! adapters; everything else is the use case (`payments-consumer`) and the simulator.
+//! This is the composition root: it parses the command line (`cli`), and `adapters` turns specs
+//! into adapters; everything else is the use case (`payments-consumer`) and the simulator.
 
 // A command-line program reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod cli;
+mod output;
 mod progress;
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use payments_app::adapters::{
-    DEFAULT_MAX_MESSAGE_BYTES, DEFAULT_STORE, DeadLetterSpec, InputSpec, SourceOptions, StoreSpec,
-    TargetSpec, store_help,
-};
+use clap::Parser;
+use payments_app::adapters::{DEFAULT_MAX_MESSAGE_BYTES, InputSpec, Operations, SourceOptions, StoreSpec};
 use payments_consumer::{Consumer, ConsumerConfig, Ending, Handler, RetryPolicy, Run};
 use payments_ports::domain::event;
 use payments_ports::{OutgoingMessage, Payload, RepositoryError, error_chain};
 use payments_simulator::DEFAULT_VISIBILITY_TIMEOUT;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
+use crate::cli::{Cli, Command, ConsumeArgs, ExportArgs, PublishArgs, SimulateArgs};
+use crate::output::{detail, say};
 use crate::progress::Progress;
-
-#[derive(Parser, Debug)]
-#[command(
-    name = "payments-app",
-    version,
-    about = "Applies PaymentTaken events exactly once over at-least-once delivery"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Consume PaymentTaken events, one JSON object per line, and record each payment exactly once.
-    Consume(Box<ConsumeArgs>),
-    /// Print every recorded payment as one JSON line, in ascending payment ID order.
-    Export(ExportArgs),
-    /// Run the consumer against an in-process broker that redelivers, duplicates, reorders and
-    /// crashes, then check that every payment was recorded exactly once.
-    Simulate(SimulateArgs),
-    /// Publish each line of a file (or stdin) as one message to a broker, confirmed by it: for
-    /// demos, tests and benchmarks.
-    Publish(PublishArgs),
-}
-
-/// `--concurrency`, shared by the commands that run a consumer.
-#[derive(Args, Debug)]
-struct Concurrency {
-    /// How many deliveries are handled at once.
-    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
-    concurrency: u16,
-}
-
-/// `--report`, shared by the commands that count.
-#[derive(Args, Debug)]
-struct Reporting {
-    /// Also print the counts on stdout in this format.
-    #[arg(long, value_enum)]
-    report: Option<ReportFormat>,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum ReportFormat {
-    /// One JSON object with integer counts.
-    Json,
-}
-
-impl Reporting {
-    /// Prints `counts` on stdout, if a report was asked for.
-    fn print(&self, counts: &impl Serialize) -> anyhow::Result<()> {
-        let Some(ReportFormat::Json) = self.report else { return Ok(()) };
-        let mut stdout = std::io::stdout().lock();
-        serde_json::to_writer(&mut stdout, counts).context("cannot write the report")?;
-        writeln!(stdout).context("cannot write the report")
-    }
-}
-
-#[derive(Args, Debug)]
-struct ConsumeArgs {
-    #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
-    store: StoreSpec,
-    /// The input: a path, `-` for stdin, or a broker:
-    /// `redis://HOST:PORT[/DB]?stream=NAME&group=NAME[&consumer=NAME][&claim-idle-ms=N][&batch=N][&max-deliveries=N]`.
-    #[arg(long, default_value = "-")]
-    input: InputSpec,
-    /// Where dead letters go: a file of JSON lines, synced before the acknowledgement, or a Redis
-    /// stream (`redis://HOST:PORT[/DB]?stream=NAME`). Default: beside a file store, or stderr for
-    /// the memory store.
-    #[arg(long)]
-    dead_letter: Option<DeadLetterSpec>,
-    #[command(flatten)]
-    concurrency: Concurrency,
-    #[command(flatten)]
-    reporting: Reporting,
-    /// The largest message, in bytes (default 64 KiB); a larger one is dead-lettered as too large,
-    /// and a line over it is never read whole.
-    #[arg(long)]
-    max_message_bytes: Option<usize>,
-    /// The same limit under its older name, for JSON lines; `--max-message-bytes` wins.
-    #[arg(long)]
-    max_line_bytes: Option<usize>,
-    /// Exit (status 0) once nothing has arrived for this many seconds and nothing is in flight:
-    /// for batch runs and tests against a broker, which never runs out by itself.
-    #[arg(long)]
-    stop_when_idle: Option<f64>,
-    /// How long, in seconds, one delivery may find the store unavailable before the consumer stops.
-    #[arg(long, default_value_t = 60.0)]
-    retry_limit_secs: f64,
-}
-
-#[derive(Args, Debug)]
-struct ExportArgs {
-    #[arg(long, default_value = DEFAULT_STORE, help = store_help())]
-    store: StoreSpec,
-}
-
-#[derive(Args, Debug)]
-struct PublishArgs {
-    /// Where to publish: `redis://HOST:PORT[/DB]?stream=NAME`.
-    #[arg(long)]
-    to: TargetSpec,
-    /// The lines to publish: a path, or `-` for stdin.
-    #[arg(long, default_value = "-")]
-    input: String,
-    /// The longest line, in bytes (default 64 KiB); a longer one stops the run, named.
-    #[arg(long)]
-    max_message_bytes: Option<usize>,
-    #[command(flatten)]
-    reporting: Reporting,
-}
-
-#[derive(Args, Debug)]
-struct SimulateArgs {
-    /// The store to run against; it must be empty. Default: a new journal in a temporary
-    /// directory, removed afterwards.
-    #[arg(long)]
-    store: Option<StoreSpec>,
-    /// How many distinct payments to send.
-    #[arg(long, default_value_t = 10_000)]
-    payments: usize,
-    /// The chance that a delivery is handed out twice at once.
-    #[arg(long, default_value_t = 0.1, value_parser = rate)]
-    duplicate_rate: f64,
-    /// The chance that the consumer crashes after an effect, before its acknowledgement
-    /// (at most 0.5, so that the run ends).
-    #[arg(long, default_value_t = 0.01, value_parser = crash_rate)]
-    crash_rate: f64,
-    /// The share of payments also sent in a conflicting version.
-    #[arg(long, default_value_t = 0.02, value_parser = rate)]
-    conflict_rate: f64,
-    /// Invalid messages, as a share of the payments.
-    #[arg(long, default_value_t = 0.01, value_parser = rate)]
-    invalid_rate: f64,
-    /// Where all randomness comes from; the same seed publishes the same messages. Default: random.
-    #[arg(long)]
-    seed: Option<u64>,
-    #[command(flatten)]
-    concurrency: Concurrency,
-    #[command(flatten)]
-    reporting: Reporting,
-}
-
-/// Why a rate on the command line is not one.
-#[derive(Debug, thiserror::Error)]
-enum RateError {
-    #[error("`{0}` is not a number")]
-    NotANumber(String),
-    #[error("{0} is not between 0 and 1")]
-    OutOfRange(f64),
-    #[error("{0} is above 0.5: the run might never end")]
-    TooManyCrashes(f64),
-}
-
-fn rate(text: &str) -> Result<f64, RateError> {
-    let rate: f64 = text.parse().map_err(|_| RateError::NotANumber(text.to_owned()))?;
-    if (0.0..=1.0).contains(&rate) { Ok(rate) } else { Err(RateError::OutOfRange(rate)) }
-}
-
-fn crash_rate(text: &str) -> Result<f64, RateError> {
-    let rate = rate(text)?;
-    if rate <= 0.5 { Ok(rate) } else { Err(RateError::TooManyCrashes(rate)) }
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .init();
+    output::init(cli.log_format);
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => return fail(&anyhow::Error::new(err).context("cannot start the async runtime")),
@@ -222,7 +57,7 @@ fn main() -> ExitCode {
             Command::Consume(args) => consume(*args).await,
             Command::Export(args) => export(args).await,
             Command::Simulate(args) => simulate(args).await,
-            Command::Publish(args) => publish(args).await,
+            Command::Publish(args) => publish(*args).await,
         }
     });
     // Everything the command had to finish is finished; what is left is at most a read of stdin
@@ -235,14 +70,13 @@ fn main() -> ExitCode {
 }
 
 fn fail(err: &anyhow::Error) -> ExitCode {
-    eprintln!("payments-app: error: {err:#}");
+    output::error(&format!("{err:#}"));
     ExitCode::FAILURE
 }
 
 async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let retry_limit = Duration::try_from_secs_f64(args.retry_limit_secs)
         .with_context(|| format!("--retry-limit-secs {} is not a duration", args.retry_limit_secs))?;
-    let repository = args.store.open().await?;
     let stop_when_idle = args
         .stop_when_idle
         .map(|secs| {
@@ -250,6 +84,13 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("--stop-when-idle {secs} is not a duration"))
         })
         .transpose()?;
+    // Serving first, so that a probe gets "still starting" while the store and the broker are
+    // reached, rather than no answer.
+    let mut operations = Operations::start(args.metrics_addr.as_deref(), &args.input, &args.store).await?;
+    if let Some(address) = operations.address() {
+        say(&format!("serving /metrics, /livez and /readyz on http://{address}"));
+    }
+    let repository = operations.instrument(args.store.open().await?);
     let dead_letter_spec = args.dead_letter.clone().unwrap_or_else(|| args.store.default_dead_letters());
     let dead_letters = dead_letter_spec.open().await?;
     let concurrency = usize::from(args.concurrency.concurrency);
@@ -263,21 +104,29 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         in_flight: concurrency * 2,
     };
     let source = args.input.open(options).await?;
+    operations.started(Arc::clone(&repository), source.backlog_probe());
     let config = ConsumerConfig {
         concurrency,
         retry: RetryPolicy { give_up_after: retry_limit, ..RetryPolicy::default() },
         max_attempts: args.input.max_deliveries(),
         stop_when_idle,
     };
-    let consumer = Consumer::new(Handler::new(repository.clone()), dead_letters.clone(), config);
+    let mut consumer =
+        Consumer::new(Handler::new(Arc::clone(&repository)), Arc::clone(&dead_letters), config);
+    if let Some(observer) = operations.observer() {
+        consumer = consumer.with_observer(observer);
+    }
 
     let shutdown = shutdown_on_signals()?;
-    let progress = Progress::new();
+    operations.stop_being_ready_on(&shutdown);
+    let progress = Progress::new(!output::json());
     let run = consumer.run(source, shutdown, &mut |summary| progress.update(summary)).await;
     progress.finish();
+    operations.stopping();
     // What the store and the sink accepted is finished before the process says it is done.
     let closed = (repository.close().await, dead_letters.close().await);
-    let code = report(&run)?;
+    operations.stop().await;
+    let code = report(&run);
     args.reporting.print(&run.summary)?;
     closed.0.context("cannot close the store")?;
     closed.1.context("cannot close the dead-letter sink")?;
@@ -285,19 +134,19 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Prints the summary on stderr and chooses the exit status.
-fn report(run: &Run) -> anyhow::Result<ExitCode> {
+fn report(run: &Run) -> ExitCode {
     let Run { summary, ending } = run;
     let (verb, code) = match ending {
         Ending::Exhausted | Ending::Idle => ("consumed", ExitCode::SUCCESS),
         Ending::ShutDown => ("shut down after", ExitCode::SUCCESS),
         Ending::Stopped(_) => ("stopped after", ExitCode::FAILURE),
     };
-    eprintln!("payments-app: {verb} {summary}");
+    say(&format!("{verb} {summary}"));
     if let Ending::Stopped(reason) = ending {
-        eprintln!("payments-app: error: {}", error_chain(reason));
-        eprintln!("payments-app: nothing unsettled was acknowledged; run again to resume");
+        output::error(&error_chain(reason));
+        say("nothing unsettled was acknowledged; run again to resume");
     }
-    Ok(code)
+    code
 }
 
 /// How many payments one page of an export holds: large enough that a database answers in few
@@ -346,11 +195,8 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let opener = spec.simulation_opener().await?;
-    eprintln!(
-        "payments-app: simulating {} payments with seed {seed} (rerun with --seed {seed})",
-        args.payments
-    );
-    let progress = std::sync::Arc::new(Progress::new());
+    say(&format!("simulating {} payments with seed {seed} (rerun with --seed {seed})", args.payments));
+    let progress = std::sync::Arc::new(Progress::new(!output::json()));
     let shown = std::sync::Arc::clone(&progress);
     let report =
         payments_simulator::run(config, opener, std::sync::Arc::new(move |settled| shown.settled(settled)))
@@ -360,7 +206,7 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     drop(scratch);
 
     let counts = &report.counts;
-    eprintln!(
+    detail(&format!(
         "  consumer:  {} deliveries, {} applied, {} duplicates, {} conflicts, {} invalid, {} retries",
         counts.deliveries,
         counts.applied,
@@ -368,17 +214,17 @@ async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
         counts.conflicts,
         counts.invalid,
         counts.retries
-    );
-    eprintln!(
+    ));
+    detail(&format!(
         "  faults:    {} crashes ({} consumer restarts), {} redeliveries, {} concurrent duplicate deliveries",
         report.crashes, report.restarts, report.redeliveries, report.concurrent_duplicates
-    );
-    eprintln!(
+    ));
+    detail(&format!(
         "  anomalies: {} lost, {} duplicated effects, {} unexpected, {} missing dead letters",
         report.lost, report.duplicated_effects, report.unexpected, report.missing_dead_letters
-    );
+    ));
     let verdict = report.verdict(&config);
-    eprintln!("payments-app: {verdict}");
+    say(&verdict.to_string());
     args.reporting.print(&report)?;
     Ok(if verdict.passed() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -449,7 +295,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         published += batch.len() as u64;
     }
     publisher.close().await.context("cannot close the publisher")?;
-    eprintln!("payments-app: published {published} messages to {}", args.to);
+    say(&format!("published {published} messages to {}", args.to));
     args.reporting.print(&serde_json::json!({ "published": published }))?;
     Ok(ExitCode::SUCCESS)
 }
@@ -467,15 +313,13 @@ fn shutdown_on_signals() -> anyhow::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!(
-            "payments-app: shutting down: finishing deliveries in flight (signal again to exit at once)"
-        );
+        say("shutting down: finishing deliveries in flight (signal again to exit at once)");
         trigger.cancel();
         tokio::select! {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!("payments-app: exiting at once; unacknowledged deliveries will be delivered again");
+        say("exiting at once; unacknowledged deliveries will be delivered again");
         std::process::exit(130);
     });
     Ok(shutdown)

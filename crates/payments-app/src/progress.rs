@@ -10,8 +10,9 @@ use payments_consumer::Summary;
 pub(crate) struct Progress(Option<ProgressBar>);
 
 impl Progress {
-    pub(crate) fn new() -> Self {
-        if !std::io::stderr().is_terminal() {
+    /// A spinner if `wanted` and stderr is a terminal (not while logging JSON, say).
+    pub(crate) fn new(wanted: bool) -> Self {
+        if !wanted || !std::io::stderr().is_terminal() {
             return Self(None);
         }
         let bar = ProgressBar::new_spinner();

@@ -437,6 +437,8 @@ impl Consumer {
     ) -> Processed {
         let started = Instant::now();
         let mut retries = 0;
+        // The payment being saved, once the handler decoded it: for the logs.
+        let mut last_payment = None;
         loop {
             let action = match self.config.max_attempts {
                 Some(limit) if attempt > limit => {
@@ -461,7 +463,14 @@ impl Consumer {
                         payload: payload.clone(),
                         conflict: rejection.into_conflict(),
                     };
-                    tracing::info!(kind = letter.kind.name(), origin = %letter.origin, attempt, reason = %letter.reason, "dead-lettering");
+                    tracing::info!(
+                        payment_id = letter.conflict.as_ref().map(|c| tracing::field::display(c.incoming.id)),
+                        origin = %letter.origin,
+                        attempt,
+                        outcome = outcome.name(),
+                        reason = %letter.reason,
+                        "dead-lettering"
+                    );
                     let written = self.dead_letters.put(&letter).await;
                     self.observer.dead_letter(letter.kind, written.is_ok());
                     match written {
@@ -472,9 +481,13 @@ impl Consumer {
                         }
                     }
                 }
-                Action::Retry(err) => Unavailable::Store(err),
-                Action::Stop(err) => {
-                    return Processed::Stop { reason: StopReason::StoreFailed(err), retries };
+                Action::Retry { error, payment } => {
+                    last_payment = Some(payment);
+                    Unavailable::Store(error)
+                }
+                Action::Stop { error, payment } => {
+                    tracing::error!(payment_id = %payment, origin = %receipt.origin(), attempt, error = %error_chain(&error), "the store failed for good");
+                    return Processed::Stop { reason: StopReason::StoreFailed(error), retries };
                 }
             };
             let waited = started.elapsed();
@@ -494,7 +507,17 @@ impl Consumer {
                 Unavailable::DeadLetters(err) => (error_chain(err), RetryCause::DeadLetters),
             };
             self.observer.retrying(cause);
-            tracing::warn!(%error, retry = retries, ?delay, origin = %receipt.origin(), "unavailable, retrying");
+            tracing::warn!(
+                payment_id = last_payment.map(tracing::field::display),
+                origin = %receipt.origin(),
+                attempt,
+                outcome = "retried",
+                cause = cause.name(),
+                retry = retries,
+                ?delay,
+                %error,
+                "unavailable, retrying"
+            );
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 () = give_up.cancelled() => return Processed::Abandoned { retries },

@@ -15,7 +15,7 @@
 
 use std::sync::Arc;
 
-use payments_ports::domain::{Conflict, InvalidEvent, Payment, SaveOutcome, event};
+use payments_ports::domain::{Conflict, InvalidEvent, Payment, PaymentId, SaveOutcome, event};
 use payments_ports::{DeadLetterKind, Outcome, Payload, PaymentsRepository, RepositoryError};
 
 /// What the consumer does with a message.
@@ -27,10 +27,20 @@ pub enum Action {
     /// retry can fix it.
     DeadLetter(Rejection),
     /// Leave it unacknowledged and handle it again after a backoff: the store cannot answer now.
-    Retry(RepositoryError),
+    Retry {
+        /// Why the store did not answer.
+        error: RepositoryError,
+        /// The payment it was saving.
+        payment: PaymentId,
+    },
     /// Leave it unacknowledged and stop taking deliveries: the store failed in a way retrying
     /// cannot fix, and the source will deliver the message to a consumer whose store works.
-    Stop(RepositoryError),
+    Stop {
+        /// How the store failed.
+        error: RepositoryError,
+        /// The payment it was saving.
+        payment: PaymentId,
+    },
 }
 
 impl Action {
@@ -40,8 +50,8 @@ impl Action {
             Ok(SaveOutcome::New) => Self::Acknowledge(Settled::Applied(payment)),
             Ok(SaveOutcome::Duplicate) => Self::Acknowledge(Settled::Duplicate(payment)),
             Ok(SaveOutcome::Conflict(conflict)) => Self::DeadLetter(Rejection::Conflict(conflict)),
-            Err(err) if err.is_unavailable() => Self::Retry(err),
-            Err(err) => Self::Stop(err),
+            Err(error) if error.is_unavailable() => Self::Retry { error, payment: payment.id },
+            Err(error) => Self::Stop { error, payment: payment.id },
         }
     }
 }
@@ -236,12 +246,12 @@ mod tests {
     #[tokio::test]
     async fn an_unavailable_store_means_retry_without_acknowledging() {
         let action = handle_answering(|| Err(RepositoryError::unavailable("connection refused"))).await;
-        assert!(matches!(action, Action::Retry(_)), "{action:?}");
+        assert!(matches!(action, Action::Retry { payment, .. } if payment == pay_1().id), "{action:?}");
     }
 
     #[tokio::test]
     async fn a_failed_store_means_stop_without_acknowledging() {
         let action = handle_answering(|| Err(RepositoryError::failed("journal poisoned"))).await;
-        assert!(matches!(action, Action::Stop(_)), "{action:?}");
+        assert!(matches!(action, Action::Stop { payment, .. } if payment == pay_1().id), "{action:?}");
     }
 }

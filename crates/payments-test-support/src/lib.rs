@@ -4,6 +4,7 @@
 //!   under `CI=true` it fails instead. Trials are named after their functions.
 //! - [`bench`]: the rows of `cargo xtask bench`, each scenario measured beside its raw baseline
 //!   in the same run, and the command line every benchmark binary shares.
+//! - `proxy` (feature `proxy`): a TCP proxy in the test, to cut a client off its server.
 //! - [`scrape`]: a running consumer's HTTP endpoints read as Prometheus and a kubelet do.
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
@@ -21,6 +22,8 @@ pub mod mysql;
 pub mod nats;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+#[cfg(feature = "proxy")]
+pub mod proxy;
 #[cfg(feature = "rabbitmq")]
 pub mod rabbitmq;
 #[cfg(feature = "redis")]

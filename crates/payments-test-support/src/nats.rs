@@ -9,14 +9,12 @@
 //! sees it.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt as _;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{AbortHandle, JoinHandle};
 
+use crate::proxy::TcpProxy;
 use crate::{Gate, Test, libtest_mimic};
 
 /// An error of the helpers.
@@ -216,27 +214,11 @@ pub fn no_streams_left() -> Result<(), String> {
     }
 }
 
-/// A TCP proxy in front of the test server: clients connect to [`url`](Self::url), and a test
-/// cuts their connections with [`cut`](Self::cut), as a network fault would. Dropping it stops it
-/// and closes every connection through it.
+/// A TCP proxy in front of the test server ([`TcpProxy`]): clients connect to
+/// [`url`](Self::url), and a test cuts their connections with [`cut`](Self::cut), as a network
+/// fault would. Dropping it stops it and closes every connection through it.
 #[derive(Debug)]
-pub struct TestProxy {
-    port: u16,
-    state: Arc<ProxyState>,
-    listener: JoinHandle<()>,
-}
-
-#[derive(Debug, Default)]
-struct ProxyState {
-    /// The connections through the proxy, to abort.
-    connections: Mutex<Vec<AbortHandle>>,
-    /// New connections are refused until then.
-    refuse_until: Mutex<Option<Instant>>,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
-}
+pub struct TestProxy(TcpProxy);
 
 impl TestProxy {
     /// Starts a proxy to the test server on a free port of 127.0.0.1, in the current runtime.
@@ -245,35 +227,7 @@ impl TestProxy {
     ///
     /// When no port can be bound.
     pub async fn start() -> std::io::Result<Self> {
-        let upstream = address();
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let state = Arc::new(ProxyState::default());
-        let shared = Arc::clone(&state);
-        let listener = tokio::spawn(async move {
-            loop {
-                let Ok((mut inbound, _)) = listener.accept().await else { continue };
-                let refused = lock(&shared.refuse_until).is_some_and(|until| Instant::now() < until);
-                if refused {
-                    // Closed at once: the client sees its reconnection attempt fail.
-                    drop(inbound);
-                    continue;
-                }
-                let upstream = upstream.clone();
-                let connection = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&upstream).await {
-                        // As the client and the server do: small writes (an acknowledgement, a
-                        // pull) must not wait for Nagle's algorithm, 40 ms a time.
-                        let _ = (inbound.set_nodelay(true), outbound.set_nodelay(true));
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-                let mut connections = lock(&shared.connections);
-                connections.retain(|c| !c.is_finished());
-                connections.push(connection.abort_handle());
-            }
-        });
-        Ok(Self { port, state, listener })
+        TcpProxy::start(&address()).await.map(Self)
     }
 
     /// The test server's URL through the proxy: `nats://127.0.0.1:<port>`, credentials of
@@ -283,33 +237,19 @@ impl TestProxy {
         let (scheme, rest) = real.split_once("://").unwrap_or(("nats", real.as_str()));
         let credentials =
             rest.rsplit_once('@').map_or(String::new(), |(credentials, _)| format!("{credentials}@"));
-        format!("{scheme}://{credentials}127.0.0.1:{}", self.port)
+        format!("{scheme}://{credentials}{}", self.0.address())
     }
 
     /// Cuts every connection through the proxy and refuses new ones for `outage` (the clients'
     /// reconnection attempts fail meanwhile); returns how many were cut.
     pub fn cut(&self, outage: Duration) -> usize {
-        *lock(&self.state.refuse_until) = Some(Instant::now() + outage);
-        let connections = std::mem::take(&mut *lock(&self.state.connections));
-        let cut = connections.iter().filter(|c| !c.is_finished()).count();
-        for connection in connections {
-            connection.abort();
-        }
-        cut
+        self.0.refuse_for(outage);
+        self.0.cut()
     }
 
     /// How many connections go through the proxy now.
     pub fn connections(&self) -> usize {
-        lock(&self.state.connections).iter().filter(|c| !c.is_finished()).count()
-    }
-}
-
-impl Drop for TestProxy {
-    fn drop(&mut self) {
-        self.listener.abort();
-        for connection in lock(&self.state.connections).drain(..) {
-            connection.abort();
-        }
+        self.0.connections()
     }
 }
 

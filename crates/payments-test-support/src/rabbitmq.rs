@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -18,9 +18,8 @@ use ::lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOp
 use ::lapin::types::FieldTable;
 use ::lapin::uri::AMQPUri;
 use ::lapin::{Connection, ConnectionProperties, ErrorKind};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::JoinHandle;
 
+use crate::proxy::TcpProxy;
 use crate::servers::BoxError;
 use crate::{Gate, Test, libtest_mimic};
 
@@ -264,32 +263,18 @@ fn connection_pids(list: &str, name: &str) -> Vec<String> {
         .collect()
 }
 
-/// A TCP proxy in front of the test server, inside the test: clients connect to
-/// [`url`](Self::url), and [`cut`](Self::cut) breaks every connection made through it, as a
-/// network fault would (both sides see the socket close). While [`set_down`](Self::set_down) is
-/// on, new connections are refused, so that a client cannot come back until the test says so.
-///
-/// The proxy's tasks run on the runtime that started it, until it is dropped.
+/// A TCP proxy in front of the test server ([`TcpProxy`]): clients connect to
+/// [`url`](Self::url), and [`cut`](TcpProxy::cut) breaks every connection made through it, as a
+/// network fault would; while [`set_down`](TcpProxy::set_down) is on, new connections are
+/// refused.
 #[derive(Clone, Debug)]
-pub struct Proxy {
-    inner: Arc<ProxyInner>,
-}
+pub struct Proxy(TcpProxy);
 
-#[derive(Debug)]
-struct ProxyInner {
-    port: u16,
-    upstream: String,
-    down: Arc<AtomicBool>,
-    links: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    accepting: JoinHandle<()>,
-}
+impl std::ops::Deref for Proxy {
+    type Target = TcpProxy;
 
-impl Drop for ProxyInner {
-    fn drop(&mut self) {
-        self.accepting.abort();
-        for link in self.links.lock().unwrap_or_else(PoisonError::into_inner).drain(..) {
-            link.abort();
-        }
+    fn deref(&self) -> &TcpProxy {
+        &self.0
     }
 }
 
@@ -301,58 +286,12 @@ impl Proxy {
     /// When the test server's URL has no host and port, or no port can be bound.
     pub async fn start() -> Result<Self, BoxError> {
         let upstream = upstream_address(&url()).ok_or("the test server's URL has no host:port")?;
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let port = listener.local_addr()?.port();
-        let down = Arc::new(AtomicBool::new(false));
-        let links: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
-        let accepting = tokio::spawn({
-            let (down, links, upstream) = (Arc::clone(&down), Arc::clone(&links), upstream.clone());
-            async move {
-                loop {
-                    let Ok((mut client, _)) = listener.accept().await else { continue };
-                    if down.load(Ordering::SeqCst) {
-                        drop(client);
-                        continue;
-                    }
-                    let upstream = upstream.clone();
-                    let link = tokio::spawn(async move {
-                        if let Ok(mut server) = TcpStream::connect(upstream.as_str()).await {
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                        }
-                    });
-                    let mut links = links.lock().unwrap_or_else(PoisonError::into_inner);
-                    links.retain(|link| !link.is_finished());
-                    links.push(link);
-                }
-            }
-        });
-        Ok(Self { inner: Arc::new(ProxyInner { port, upstream, down, links, accepting }) })
+        Ok(Self(TcpProxy::start(&upstream).await?))
     }
 
     /// The test server's URL with the proxy in the server's place.
     pub fn url(&self) -> String {
-        let url = url();
-        url.replacen(&self.inner.upstream, &format!("127.0.0.1:{}", self.inner.port), 1)
-    }
-
-    /// The proxy's port.
-    pub fn port(&self) -> u16 {
-        self.inner.port
-    }
-
-    /// Breaks every connection made through the proxy; returns how many were open.
-    pub fn cut(&self) -> usize {
-        let mut links = self.inner.links.lock().unwrap_or_else(PoisonError::into_inner);
-        let open = links.iter().filter(|link| !link.is_finished()).count();
-        for link in links.drain(..) {
-            link.abort();
-        }
-        open
-    }
-
-    /// While `down`, new connections are closed as soon as they are accepted.
-    pub fn set_down(&self, down: bool) {
-        self.inner.down.store(down, Ordering::SeqCst);
+        self.0.replace_in(&url())
     }
 }
 

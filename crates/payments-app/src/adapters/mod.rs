@@ -5,6 +5,7 @@
 //!
 //! Stores are a table, [`STORES`] in `stores.rs`: adding one is adding its entry.
 
+mod operations;
 mod stores;
 
 use std::fmt;
@@ -15,10 +16,15 @@ use std::sync::Arc;
 use payments_ports::{BoxError, DeadLetterSink, DeliverySource, PaymentsRepository, Publisher};
 use payments_simulator::Opener;
 use payments_sink_lines::{FileDeadLetters, StderrDeadLetters};
+use payments_source_nats::{NatsDeadLetters, NatsPublisher, NatsSource, NatsSourceConfig, NatsStreamConfig};
+use payments_source_rabbitmq::{
+    RabbitDeadLetters, RabbitPublisher, RabbitSource, RabbitSourceConfig, RabbitTargetConfig,
+};
 use payments_source_redis::{
     RedisDeadLetters, RedisPublisher, RedisSource, RedisSourceConfig, RedisStreamConfig,
 };
 
+pub use self::operations::Operations;
 pub use self::stores::{STORES, StoreEntry, TestEnv, store_help};
 
 /// The store used when `--store` is omitted: the durable journal, embedded, no server to run.
@@ -93,6 +99,15 @@ pub enum OpenError {
     DeadLetters {
         /// Where they go, its password hidden.
         target: String,
+        /// Why.
+        #[source]
+        source: BoxError,
+    },
+    /// The metrics endpoint could not listen.
+    #[error("cannot serve metrics on {address}")]
+    Metrics {
+        /// The address asked for.
+        address: String,
         /// Why.
         #[source]
         source: BoxError,
@@ -222,22 +237,63 @@ pub enum InputSpec {
     Lines(String),
     /// A Redis stream, read by a consumer group: `redis://HOST:PORT[/DB]?stream=…&group=…`.
     Redis(RedisSourceConfig),
+    /// A NATS JetStream durable pull consumer: `nats://HOST:PORT?stream=…&subject=…&consumer=…`.
+    Nats(NatsSourceConfig),
+    /// A RabbitMQ queue: `amqp://USER:PASS@HOST:PORT/VHOST?queue=…`.
+    Rabbit(RabbitSourceConfig),
+}
+
+/// Which broker a URL is for, by its scheme.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Broker {
+    Redis,
+    Nats,
+    Rabbit,
+}
+
+impl Broker {
+    fn of(spec: &str) -> Option<Self> {
+        let (scheme, _) = spec.split_once("://")?;
+        match scheme {
+            "redis" | "rediss" => Some(Self::Redis),
+            "nats" | "tls" => Some(Self::Nats),
+            "amqp" | "amqps" => Some(Self::Rabbit),
+            _ => None,
+        }
+    }
 }
 
 impl FromStr for InputSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return RedisSourceConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
+        let parsed = match Broker::of(spec) {
+            Some(Broker::Redis) => RedisSourceConfig::from_url(spec).map(Self::Redis).map_err(BoxError::from),
+            Some(Broker::Nats) => NatsSourceConfig::from_url(spec).map(Self::Nats).map_err(BoxError::from),
+            Some(Broker::Rabbit) => {
+                RabbitSourceConfig::from_url(spec).map(Self::Rabbit).map_err(BoxError::from)
+            }
+            None if spec.contains("://") => {
+                return Err(SpecError::UnknownUrl {
+                    spec: redact_password(spec),
+                    expected: "a path, `-`, redis://…, nats://… or amqp://…",
+                });
+            }
+            None => Ok(Self::Lines(spec.to_owned())),
+        };
+        parsed.map_err(|err| url_error(spec, err))
+    }
+}
+
+impl fmt::Display for InputSpec {
+    /// The input, with a password hidden.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lines(path) => f.write_str(path),
+            Self::Redis(config) => write!(f, "{config}"),
+            Self::Nats(config) => write!(f, "{config}"),
+            Self::Rabbit(config) => write!(f, "{config}"),
         }
-        if spec.contains("://") {
-            return Err(SpecError::UnknownUrl {
-                spec: redact_password(spec),
-                expected: "a path, `-`, or redis://…",
-            });
-        }
-        Ok(Self::Lines(spec.to_owned()))
     }
 }
 
@@ -262,6 +318,8 @@ impl InputSpec {
         match self {
             Self::Lines(_) => None,
             Self::Redis(config) => config.max_deliveries(),
+            Self::Nats(config) => config.max_deliveries(),
+            Self::Rabbit(config) => config.max_deliveries(),
         }
     }
 
@@ -286,6 +344,28 @@ impl InputSpec {
                     .map_err(|source| OpenError::Input { input: shown, source: source.into() })?;
                 Ok(Box::new(source))
             }
+            Self::Nats(config) => {
+                let config = config
+                    .clone()
+                    .with_in_flight(options.in_flight)
+                    .with_max_message_bytes(options.max_message_bytes);
+                let shown = config.to_string();
+                let source = NatsSource::connect(config)
+                    .await
+                    .map_err(|source| OpenError::Input { input: shown, source: source.into() })?;
+                Ok(Box::new(source))
+            }
+            Self::Rabbit(config) => {
+                let config = config
+                    .clone()
+                    .with_in_flight(options.in_flight)
+                    .with_max_message_bytes(options.max_message_bytes);
+                let shown = config.to_string();
+                let source = RabbitSource::connect(config)
+                    .await
+                    .map_err(|source| OpenError::Input { input: shown, source: source.into() })?;
+                Ok(Box::new(source))
+            }
         }
     }
 }
@@ -299,6 +379,10 @@ pub enum DeadLetterSpec {
     Stderr,
     /// A Redis stream: `redis://HOST:PORT[/DB]?stream=NAME`.
     Redis(RedisStreamConfig),
+    /// A JetStream subject: `nats://HOST:PORT?stream=NAME&subject=SUBJECT`.
+    Nats(NatsStreamConfig),
+    /// A RabbitMQ queue or exchange: `amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME`.
+    Rabbit(RabbitTargetConfig),
 }
 
 impl PartialEq for DeadLetterSpec {
@@ -314,6 +398,8 @@ impl fmt::Display for DeadLetterSpec {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::Stderr => f.write_str("stderr"),
             Self::Redis(config) => write!(f, "{config}"),
+            Self::Nats(config) => write!(f, "{config}"),
+            Self::Rabbit(config) => write!(f, "{config}"),
         }
     }
 }
@@ -323,16 +409,21 @@ impl FromStr for DeadLetterSpec {
 
     /// A path, or a broker URL.
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
-        }
-        if spec.contains("://") {
-            return Err(SpecError::UnknownUrl {
-                spec: redact_password(spec),
-                expected: "a path, or redis://…?stream=…",
-            });
-        }
-        Ok(Self::File(PathBuf::from(spec)))
+        let parsed = match Broker::of(spec) {
+            Some(Broker::Redis) => RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(BoxError::from),
+            Some(Broker::Nats) => NatsStreamConfig::from_url(spec).map(Self::Nats).map_err(BoxError::from),
+            Some(Broker::Rabbit) => {
+                RabbitTargetConfig::from_url(spec).map(Self::Rabbit).map_err(BoxError::from)
+            }
+            None if spec.contains("://") => {
+                return Err(SpecError::UnknownUrl {
+                    spec: redact_password(spec),
+                    expected: "a path, redis://…?stream=…, nats://…?stream=…&subject=… or amqp://…?queue=…",
+                });
+            }
+            None => Ok(Self::File(PathBuf::from(spec))),
+        };
+        parsed.map_err(|err| url_error(spec, err))
     }
 }
 
@@ -352,6 +443,12 @@ impl DeadLetterSpec {
             Self::Redis(config) => {
                 Arc::new(RedisDeadLetters::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
             }
+            Self::Nats(config) => {
+                Arc::new(NatsDeadLetters::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
+            Self::Rabbit(config) => {
+                Arc::new(RabbitDeadLetters::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
         })
     }
 }
@@ -361,16 +458,30 @@ impl DeadLetterSpec {
 pub enum TargetSpec {
     /// A Redis stream: `redis://HOST:PORT[/DB]?stream=NAME`.
     Redis(RedisStreamConfig),
+    /// A JetStream subject: `nats://HOST:PORT?stream=NAME&subject=SUBJECT`.
+    Nats(NatsStreamConfig),
+    /// A RabbitMQ queue or exchange: `amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME`.
+    Rabbit(RabbitTargetConfig),
 }
 
 impl FromStr for TargetSpec {
     type Err = SpecError;
 
     fn from_str(spec: &str) -> Result<Self, Self::Err> {
-        if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-            return RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(|err| url_error(spec, err));
-        }
-        Err(SpecError::UnknownUrl { spec: redact_password(spec), expected: "redis://…?stream=…" })
+        let parsed = match Broker::of(spec) {
+            Some(Broker::Redis) => RedisStreamConfig::from_url(spec).map(Self::Redis).map_err(BoxError::from),
+            Some(Broker::Nats) => NatsStreamConfig::from_url(spec).map(Self::Nats).map_err(BoxError::from),
+            Some(Broker::Rabbit) => {
+                RabbitTargetConfig::from_url(spec).map(Self::Rabbit).map_err(BoxError::from)
+            }
+            None => {
+                return Err(SpecError::UnknownUrl {
+                    spec: redact_password(spec),
+                    expected: "redis://…?stream=…, nats://…?stream=…&subject=… or amqp://…?queue=…",
+                });
+            }
+        };
+        parsed.map_err(|err| url_error(spec, err))
     }
 }
 
@@ -379,6 +490,8 @@ impl fmt::Display for TargetSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Redis(config) => write!(f, "{config}"),
+            Self::Nats(config) => write!(f, "{config}"),
+            Self::Rabbit(config) => write!(f, "{config}"),
         }
     }
 }
@@ -394,6 +507,12 @@ impl TargetSpec {
         Ok(match self {
             Self::Redis(config) => {
                 Arc::new(RedisPublisher::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
+            Self::Nats(config) => {
+                Arc::new(NatsPublisher::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
+            }
+            Self::Rabbit(config) => {
+                Arc::new(RabbitPublisher::connect(config.clone()).await.map_err(|err| failed(err.into()))?)
             }
         })
     }
