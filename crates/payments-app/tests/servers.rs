@@ -15,8 +15,9 @@ use std::time::Duration;
 use libtest_mimic::{Arguments, Failed, Trial};
 use payments_app::adapters::{STORES, TestEnv};
 use payments_test_support::mysql;
+use payments_test_support::proxy::TcpProxy;
 use payments_test_support::servers::{self, Place};
-use support::app;
+use support::{Serving, app};
 
 /// A test run against one server store, on a fresh place of its own.
 type ServerTest = fn(&str, &Place, &Path) -> Result<(), Failed>;
@@ -33,6 +34,10 @@ fn main() -> std::process::ExitCode {
                 two_consumers_on_overlapping_inputs_record_each_payment_once,
             ),
             ("export_reads_the_store".to_owned(), export_reads_the_store),
+            (
+                "an_outage_turns_readyz_503_and_back_while_livez_stays_200_and_nothing_is_lost".to_owned(),
+                an_outage_turns_readyz_503_and_back_while_livez_stays_200_and_nothing_is_lost,
+            ),
         ];
         // How to kill a server's connections is the server's own business.
         match server {
@@ -232,6 +237,99 @@ fn mysql_connections_killed_mid_run(url: &str, place: &Place, dir: &Path) -> Res
         "connection-kill test: {kills} rounds of KILL CONNECTION mid-save, {} retries",
         counts["retries"]
     );
+    Ok(())
+}
+
+/// `host:port` of a server URL (`scheme://user@host:port/db?…`).
+fn host_and_port(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    Some(authority.rsplit_once('@').map_or(authority, |(_, host)| host))
+}
+
+/// The store is cut off (a TCP proxy in the test drops every connection and refuses new ones)
+/// while a consumer with metrics runs: `/readyz` turns 503 and `payments_store_up` 0, `/livez`
+/// stays 200 throughout (an outage is no reason to restart), and once the store is back both
+/// return, the consumer catches up, and every payment is recorded exactly once.
+fn an_outage_turns_readyz_503_and_back_while_livez_stays_200_and_nothing_is_lost(
+    url: &str,
+    _: &Place,
+    dir: &Path,
+) -> Result<(), Failed> {
+    // The proxy's tasks run on this runtime's threads while the test blocks on the process.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    let upstream = host_and_port(url).ok_or("the store URL has no host:port")?;
+    let proxy = runtime.block_on(TcpProxy::start(upstream))?;
+    let mut proxied = proxy.replace_in(url);
+    if proxied.starts_with("mysql://") {
+        // mysql_async moves to the server's Unix socket when it finds the server on this host,
+        // which would go round the proxy.
+        proxied.push(if proxied.contains('?') { '&' } else { '?' });
+        proxied.push_str("prefer_socket=false");
+    }
+    let mut running = Serving::start(app(
+        dir,
+        &[
+            "consume",
+            "--store",
+            &proxied,
+            "--input",
+            "-",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--report",
+            "json",
+            "--concurrency",
+            "8",
+            "--retry-limit-secs",
+            "300",
+        ],
+    ));
+    let store =
+        STORES.iter().find(|entry| url.starts_with(entry.prefixes[0])).map_or("?", |entry| entry.name);
+    let up = [("store", store)];
+    let patience = Duration::from_secs(60);
+    running.wait_for_status("/readyz", 200, patience);
+    let applied = |samples: &payments_test_support::scrape::Samples| {
+        samples.sum("payments_deliveries_total", &[("outcome", "applied")]) as u64
+    };
+
+    let first: Vec<String> = (0..500).map(line).collect();
+    running.feed(&first);
+    running.wait_for("the first 500 recorded", patience, |s| applied(s) == 500);
+
+    proxy.set_down(true);
+    let cut = proxy.cut();
+    let second: Vec<String> = (500..1000).map(line).collect();
+    running.feed(&second);
+    let down = running.wait_for_status("/readyz", 503, patience);
+    assert!(down.body.contains("[-]store unreachable"), "{}", down.body);
+    running.wait_for("store_up 0, and saves retried", patience, |s| {
+        s.value("payments_store_up", &up) == Some(0.0)
+            && s.sum("payments_retries_total", &[("cause", "store")]) > 0.0
+    });
+    // Liveness never looks at the store: 200 all through the outage.
+    for _ in 0..20 {
+        let live = running.get("/livez");
+        assert_eq!(live.status, 200, "an outage must not look like death: {}", live.body);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    proxy.set_down(false);
+    running.wait_for_status("/readyz", 200, patience);
+    running.wait_for("store_up 1 and all 1000 recorded", patience, |s| {
+        s.value("payments_store_up", &up) == Some(1.0) && applied(s) == 1000
+    });
+    let output = running.finish();
+    let counts = report(&output)?;
+    assert_eq!((counts["applied"].as_u64(), counts["unsettled"].as_u64()), (Some(1000), Some(0)), "{counts}");
+    assert!(counts["retries"].as_u64().is_some_and(|r| r > 0), "{counts}");
+    assert_eq!(export(dir, url)?, expected_export(0..1000), "nothing lost, nothing doubled");
+    eprintln!(
+        "outage test ({store}): {cut} connections cut, {} retries, readyz 503 then 200",
+        counts["retries"]
+    );
+    drop(proxy);
     Ok(())
 }
 

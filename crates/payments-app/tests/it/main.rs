@@ -3,6 +3,7 @@
 mod cli;
 mod consume;
 mod file_store;
+mod operations;
 mod simulate;
 #[path = "../support/mod.rs"]
 mod support;
