@@ -7,6 +7,9 @@
 //! - One module per server the tests need, behind a feature of the same name: where the test
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
 //!   a stream) that the test removes afterwards: `postgres`, `mysql` and `redis`.
+//! - [`tls`] (feature `tls`): a CA of a test's own and the server certificates it signs; with
+//!   `postgres`, a PostgreSQL cluster of a test's own with or without TLS; with `redis`, a
+//!   `redis-server` serving TLS. Each is stopped and removed when dropped.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.
@@ -20,6 +23,8 @@ pub mod postgres;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub mod servers;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use gate::{Gate, Test, trials, under_ci};
 /// Re-exported, so that a crate using [`trials`] needs no dependency of its own to run them.
