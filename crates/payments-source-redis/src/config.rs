@@ -3,8 +3,15 @@
 //!
 //! The password is kept for connecting and shown nowhere: `Display`, `Debug` and every error
 //! print the address with `***` in its place.
+//!
+//! `rediss://` always verifies the server: its certificate must chain to a trusted root and name
+//! the URL's host (redis's only mode without its `insecure` feature, which is not built). The
+//! roots are the system's, or, with `ssl-ca=PATH`, only the CA certificates of that PEM file,
+//! read when the URL is parsed.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Why a Redis URL cannot be used. No variant ever holds the URL's password.
@@ -47,6 +54,46 @@ pub enum ConfigError {
         /// What it must be.
         expected: &'static str,
     },
+    /// `ssl-ca` on a `redis://` URL, which does not use TLS.
+    #[error("`ssl-ca` needs a rediss:// URL: redis:// does not use TLS")]
+    CaWithoutTls,
+    /// The `ssl-ca` file cannot be read.
+    #[error("cannot read ssl-ca {}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `ssl-ca` file holds no PEM certificate.
+    #[error("ssl-ca {} holds no PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    CaContent {
+        /// The file.
+        path: PathBuf,
+    },
+}
+
+/// The CA certificates that replace the system's roots: `ssl-ca`'s file, read once.
+#[derive(Clone)]
+pub(crate) struct Ca {
+    path: PathBuf,
+    // Read only to connect over TLS: without the feature, a rediss:// URL parses and connecting
+    // to it fails, naming the feature.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pem: Arc<Vec<u8>>,
+}
+
+impl Ca {
+    fn read(path: &str) -> Result<Self, ConfigError> {
+        let path = PathBuf::from(path);
+        let pem =
+            std::fs::read(&path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
+        if !pem.windows(27).any(|window| window == b"-----BEGIN CERTIFICATE-----") {
+            return Err(ConfigError::CaContent { path });
+        }
+        Ok(Self { path, pem: Arc::new(pem) })
+    }
 }
 
 /// Where the server is: the URL without its parameters, and the same with the password hidden.
@@ -56,14 +103,30 @@ pub(crate) struct Endpoint {
     secret_url: String,
     /// For every message: the password replaced by `***`.
     shown: String,
+    /// `ssl-ca`: the only trusted roots, instead of the system's.
+    ca: Option<Ca>,
 }
 
 impl Endpoint {
     /// A client for this server (no connection yet).
     pub(crate) fn client(&self) -> Result<redis::Client, redis::RedisError> {
         #[cfg(feature = "tls")]
-        install_crypto_provider();
+        {
+            install_crypto_provider();
+            if let Some(ca) = &self.ca {
+                // The root store holds these certificates only: redis uses the system's when
+                // no root certificate is given, and never both.
+                let certificates =
+                    redis::TlsCertificates { client_tls: None, root_cert: Some(ca.pem.to_vec()) };
+                return redis::Client::build_with_tls(self.secret_url.as_str(), certificates);
+            }
+        }
         redis::Client::open(self.secret_url.as_str())
+    }
+
+    /// The `ssl-ca` file, if the URL names one.
+    pub(crate) fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_ref().map(|ca| ca.path.as_path())
     }
 
     /// Whether it is a `rediss://` (TLS) address.
@@ -120,10 +183,6 @@ impl Parsed {
             (user, None) => (format!("{user}@"), format!("{user}@")),
             (user, Some(password)) => (format!("{user}:{password}@"), format!("{user}:***@")),
         };
-        let endpoint = Endpoint {
-            secret_url: format!("{scheme}://{secret_auth}{host}:{port}/{db}"),
-            shown: format!("{scheme}://{shown_auth}{host}:{port}/{db}"),
-        };
         let mut params: Vec<(String, String)> = Vec::new();
         for (name, value) in url.query_pairs() {
             if !allowed.contains(&name.as_ref()) {
@@ -134,6 +193,16 @@ impl Parsed {
             }
             params.push((name.into_owned(), value.into_owned()));
         }
+        let ca = match params.iter().find(|(name, _)| name == "ssl-ca") {
+            None => None,
+            Some(_) if scheme != "rediss" => return Err(ConfigError::CaWithoutTls),
+            Some((_, path)) => Some(Ca::read(path)?),
+        };
+        let endpoint = Endpoint {
+            secret_url: format!("{scheme}://{secret_auth}{host}:{port}/{db}"),
+            shown: format!("{scheme}://{shown_auth}{host}:{port}/{db}"),
+            ca,
+        };
         Ok(Self { endpoint, params })
     }
 
@@ -181,14 +250,17 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 64 * 1024;
 /// unless the URL's `claim-idle-ms` says otherwise.
 pub const DEFAULT_CLAIM_IDLE: Duration = Duration::from_secs(30);
 
-const SOURCE_PARAMS: &[&str] = &["stream", "group", "consumer", "claim-idle-ms", "batch", "max-deliveries"];
-const SOURCE_PARAMS_TEXT: &str = "stream, group, consumer, claim-idle-ms, batch and max-deliveries";
+const SOURCE_PARAMS: &[&str] =
+    &["stream", "group", "consumer", "claim-idle-ms", "batch", "max-deliveries", "ssl-ca"];
+const SOURCE_PARAMS_TEXT: &str =
+    "stream, group, consumer, claim-idle-ms, batch, max-deliveries and (rediss:// only) ssl-ca";
 
 /// How a [`RedisSource`](crate::RedisSource) reads: parsed from a URL, adjusted with the `with_*`
 /// methods.
 ///
 /// ```text
 /// redis://HOST:PORT[/DB]?stream=NAME&group=NAME[&consumer=NAME][&claim-idle-ms=N][&batch=N][&max-deliveries=N]
+/// rediss://HOST:PORT[/DB]?stream=NAME&group=NAME[&ssl-ca=PATH][&…]
 /// ```
 #[derive(Clone)]
 pub struct RedisSourceConfig {
@@ -217,6 +289,8 @@ impl RedisSourceConfig {
     ///   another takes it over (the lease); default 30 000.
     /// - `batch`: entries read per command; default the in-flight bound.
     /// - `max-deliveries`: the delivery limit the consumer enforces; see [`Self::max_deliveries`].
+    /// - `ssl-ca` (`rediss://` only): a PEM file whose CA certificates are the only trusted roots,
+    ///   instead of the system's; read here.
     ///
     /// # Errors
     ///
@@ -315,6 +389,11 @@ impl RedisSourceConfig {
         self.max_deliveries
     }
 
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
+    }
+
     /// The name the source's connections carry.
     pub fn client_name(&self) -> String {
         let name = self.client_name.clone().unwrap_or_else(|| format!("payments-{}", self.consumer));
@@ -356,11 +435,12 @@ fn default_consumer() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-const STREAM_PARAMS: &[&str] = &["stream"];
-const STREAM_PARAMS_TEXT: &str = "stream only";
+const STREAM_PARAMS: &[&str] = &["stream", "ssl-ca"];
+const STREAM_PARAMS_TEXT: &str = "stream and (rediss:// only) ssl-ca";
 
 /// Where a [`RedisDeadLetters`](crate::RedisDeadLetters) or a
-/// [`RedisPublisher`](crate::RedisPublisher) writes: `redis://HOST:PORT[/DB]?stream=NAME`.
+/// [`RedisPublisher`](crate::RedisPublisher) writes: `redis://HOST:PORT[/DB]?stream=NAME`, or
+/// `rediss://HOST:PORT[/DB]?stream=NAME[&ssl-ca=PATH]`.
 #[derive(Clone)]
 pub struct RedisStreamConfig {
     pub(crate) endpoint: Endpoint,
@@ -370,7 +450,8 @@ pub struct RedisStreamConfig {
 }
 
 impl RedisStreamConfig {
-    /// Parses a stream URL; `stream` (the key) is required and the only parameter.
+    /// Parses a stream URL; `stream` (the key) is required, and `ssl-ca` is read as by
+    /// [`RedisSourceConfig::from_url`].
     ///
     /// # Errors
     ///
@@ -397,6 +478,11 @@ impl RedisStreamConfig {
     /// The stream's key.
     pub fn stream(&self) -> &str {
         &self.stream
+    }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
     }
 }
 

@@ -103,9 +103,10 @@ impl DeadLetterSink for RedisDeadLetters {
 }
 
 fn error(config: &RedisStreamConfig, err: redis::RedisError) -> DeadLetterError {
+    let target = errors::describe(config.to_string(), &err);
     if errors::is_transient(&err) {
-        DeadLetterError::unavailable_because(config.to_string(), err)
+        DeadLetterError::unavailable_because(target, err)
     } else {
-        DeadLetterError::failed_because(config.to_string(), err)
+        DeadLetterError::failed_because(target, err)
     }
 }

@@ -24,6 +24,9 @@ pub(crate) fn classify(err: &redis::RedisError) -> Class {
     match err.code() {
         Some("NOGROUP" | "UNBLOCKED") => Class::GroupGone,
         Some(code) if BUSY_CODES.contains(&code) => Class::Busy,
+        // TLS refused the server (its certificate, the handshake): the next connection would
+        // meet the same certificate, so this is not an outage to wait out.
+        _ if tls_refusal(err).is_some() => Class::Refused,
         // A timeout leaves the connection usable, but its reply may still come and be taken for
         // the next command's: a new connection is the safe answer. A reply the client cannot
         // parse is treated the same way (redis's own manager reconnects on it too).
@@ -35,4 +38,51 @@ pub(crate) fn classify(err: &redis::RedisError) -> Class {
 /// Whether retrying later may help.
 pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
     matches!(classify(err), Class::Connection | Class::Busy | Class::GroupGone)
+}
+
+/// What a TLS refusal means, for the person reading the error: `None` when `err` is not one.
+#[cfg(feature = "tls")]
+pub(crate) fn tls_refusal(err: &redis::RedisError) -> Option<&'static str> {
+    use rustls::{CertificateError, Error};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        // redis keeps an I/O error behind an `Arc<dyn Error>`, and tokio-rustls keeps rustls's
+        // behind an `io::Error`: neither shows it as a source.
+        let io = current.downcast_ref::<std::io::Error>().or_else(|| {
+            current
+                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
+                .and_then(|shared| shared.downcast_ref::<std::io::Error>())
+        });
+        let rustls = current
+            .downcast_ref::<Error>()
+            .or_else(|| io.and_then(std::io::Error::get_ref).and_then(|inner| inner.downcast_ref::<Error>()));
+        if let Some(rustls) = rustls {
+            return Some(match rustls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
+                }
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                ) => "the server's certificate does not name the URL's host",
+                Error::InvalidCertificate(_) => "the server's certificate was refused",
+                _ => "the TLS handshake failed",
+            });
+        }
+        cause = current.source();
+    }
+    None
+}
+
+/// Without TLS built in, no error comes from it.
+#[cfg(not(feature = "tls"))]
+pub(crate) fn tls_refusal(_err: &redis::RedisError) -> Option<&'static str> {
+    None
+}
+
+/// `target`, followed by what a TLS refusal means when `err` is one.
+pub(crate) fn describe(target: String, err: &redis::RedisError) -> String {
+    match tls_refusal(err) {
+        Some(hint) => format!("{target}: {hint}"),
+        None => target,
+    }
 }

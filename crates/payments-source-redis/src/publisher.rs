@@ -72,9 +72,10 @@ impl Publisher for RedisPublisher {
 }
 
 fn error(config: &RedisStreamConfig, err: redis::RedisError) -> PublishError {
+    let target = errors::describe(config.to_string(), &err);
     if errors::is_transient(&err) {
-        PublishError::unavailable_because(config.to_string(), err)
+        PublishError::unavailable_because(target, err)
     } else {
-        PublishError::failed_because(config.to_string(), err)
+        PublishError::failed_because(target, err)
     }
 }

@@ -720,7 +720,7 @@ fn client(config: &RedisSourceConfig) -> Result<redis::Client, SourceError> {
 }
 
 pub(crate) fn source_error(config: &RedisSourceConfig, action: &str, err: RedisError) -> SourceError {
-    let message = format!("cannot {action} on {}", config);
+    let message = errors::describe(format!("cannot {action} on {config}"), &err);
     if errors::is_transient(&err) {
         SourceError::unavailable_because(message, err)
     } else {

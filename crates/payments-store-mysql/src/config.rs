@@ -3,9 +3,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mysql_async::{Opts, OptsBuilder, PoolConstraints};
+
+use crate::tls::{SslMode, Tls};
 
 /// The form every MySQL URL takes, for error messages.
 const URL_FORM: &str = "mysql://USER[:PASS]@HOST:PORT/DB";
@@ -76,6 +79,31 @@ pub enum ConfigError {
     /// The driver refused one of its own parameters.
     #[error("the MySQL driver refused the URL: {0}")]
     Driver(mysql_async::UrlError),
+    /// `ssl-mode` has a value MySQL does not know.
+    #[error(
+        "unsupported ssl-mode {0:?} in the MySQL URL: use DISABLED, PREFERRED, REQUIRED or VERIFY_IDENTITY"
+    )]
+    SslMode(String),
+    /// The `ssl-ca` file cannot be read.
+    #[error("cannot read ssl-ca {}", path.display())]
+    SslCaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `ssl-ca` file holds no CA certificate that can be used.
+    #[error("ssl-ca {} holds no usable CA certificate: {reason}", path.display())]
+    SslCaContent {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `VERIFY_IDENTITY` without `ssl-ca`, and no root certificate in the system's store.
+    #[error("no system root certificates to verify the server with ({0}): give ssl-ca=PATH")]
+    SystemRoots(String),
 }
 
 /// A database name: 1 to 64 ASCII letters, digits or underscores. Checked, then quoted with
@@ -137,6 +165,7 @@ pub struct MysqlConfig {
     max_batch: usize,
     program_name: String,
     reset_connection: bool,
+    tls: Tls,
 }
 
 impl fmt::Debug for MysqlConfig {
@@ -155,6 +184,7 @@ impl fmt::Debug for MysqlConfig {
             .field("batches_in_flight", &self.batches_in_flight)
             .field("max_batch", &self.max_batch)
             .field("program_name", &self.program_name)
+            .field("tls", &self.tls)
             .finish_non_exhaustive()
     }
 }
@@ -197,6 +227,11 @@ impl MysqlConfig {
     ///
     /// - `connect_timeout=SECONDS` (this adapter's): how long getting a connection may take,
     ///   connecting included (default 5).
+    /// - `ssl-mode` (this adapter's, MySQL's names in any case): `DISABLED`, `PREFERRED` (the
+    ///   default), `REQUIRED` or `VERIFY_IDENTITY`; see [`SslMode`]. `VERIFY_CA` is refused: the
+    ///   driver cannot skip the host name check.
+    /// - `ssl-ca=PATH` (this adapter's, with `ssl-mode=VERIFY_IDENTITY` only): the CA
+    ///   certificates (PEM) that are the only trusted roots, instead of the system's. Read here.
     /// - The driver's (mysql_async), passed on as they are: `pool_max` (the pool size, default
     ///   16 here), `pool_min`, `inactive_connection_ttl`, `ttl_check_interval`, `conn_ttl`,
     ///   `abs_conn_ttl`, `abs_conn_ttl_jitter`, `tcp_keepalive`, `tcp_nodelay`,
@@ -205,7 +240,8 @@ impl MysqlConfig {
     ///   state to reset, and keeping them keeps their prepared statements), `secure_auth`,
     ///   `enable_cleartext_plugin`. An unknown parameter is an error.
     /// - Refused: `client_found_rows=true` (see [`ConfigError::Unsupported`]: affected rows must
-    ///   count changed rows, not found ones) and `require_ssl=true` (TLS is not built in yet).
+    ///   count changed rows, not found ones), and the driver's own TLS switches (`require_ssl`,
+    ///   `verify_ca`, `verify_identity`, `built_in_roots`), which `ssl-mode` replaces.
     ///
     /// # Errors
     ///
@@ -223,10 +259,19 @@ impl MysqlConfig {
         let mut connect_timeout = Self::DEFAULT_CONNECT_TIMEOUT;
         let mut pool_size = None;
         let mut reset_connection = false;
+        let (mut ssl_mode, mut ssl_ca) = (None, None);
         let mut driver_params = Vec::new();
         for (name, value) in parsed.query_pairs() {
             let (name, value) = (name.into_owned(), value.into_owned());
             match name.as_str() {
+                "ssl-mode" => {
+                    ssl_mode = Some(value.parse::<SslMode>()?);
+                    continue;
+                }
+                "ssl-ca" => {
+                    ssl_ca = Some(PathBuf::from(value));
+                    continue;
+                }
                 "connect_timeout" => {
                     connect_timeout = match value.parse::<u64>() {
                         Ok(seconds) if seconds > 0 => Duration::from_secs(seconds),
@@ -249,11 +294,12 @@ impl MysqlConfig {
                                  the affected rows, which CLIENT_FOUND_ROWS would make 1 for both",
                     });
                 }
-                "require_ssl" if value != "false" => {
+                "require_ssl" | "verify_ca" | "verify_identity" | "built_in_roots" => {
                     return Err(ConfigError::Unsupported {
                         name,
                         value,
-                        reason: "TLS is not built into this store yet (docs/adr/0003-mysql-driver.md)",
+                        reason: "TLS is set with ssl-mode=DISABLED|PREFERRED|REQUIRED|VERIFY_IDENTITY \
+                                 and ssl-ca=PATH",
                     });
                 }
                 _ => {}
@@ -266,6 +312,7 @@ impl MysqlConfig {
             parsed.query_pairs_mut().clear().extend_pairs(&driver_params);
         }
         let opts = Opts::from_url(parsed.as_str()).map_err(ConfigError::Driver)?;
+        let tls = Tls::new(ssl_mode, ssl_ca)?;
         Ok(Self {
             opts,
             database,
@@ -277,7 +324,18 @@ impl MysqlConfig {
             max_batch: 512,
             program_name: "payments-app".to_owned(),
             reset_connection,
+            tls,
         })
+    }
+
+    /// How connections use TLS.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode()
+    }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.tls.ca()
     }
 
     /// The database the store lives in.
@@ -402,6 +460,8 @@ impl MysqlConfig {
             // `setup` rather than `init`: it runs again after a connection reset, which clears
             // session variables.
             .setup(session_setup(self.lock_wait_timeout))
+            // For PREFERRED too: the store drops it if the server turns out to have no TLS.
+            .ssl_opts(self.tls.ssl_opts())
             .into()
     }
 }
@@ -429,6 +489,7 @@ fn database_from_path(path: &str) -> Result<DatabaseName, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::SslMode;
 
     #[test]
     fn database_names_are_plain_identifiers_only() {
@@ -551,6 +612,90 @@ mod tests {
         ] {
             let err = MysqlConfig::from_url(bad).expect_err(bad);
             assert!(!format!("{err} {err:?}").contains("hunter2"), "{bad}: {err} {err:?}");
+        }
+    }
+
+    #[test]
+    fn ssl_mode_is_mysqls_with_preferred_by_default() {
+        let config = MysqlConfig::from_url("mysql://app@db/pay").expect("valid");
+        assert_eq!(config.ssl_mode(), SslMode::Preferred);
+        assert!(config.driver_opts().ssl_opts().is_some(), "PREFERRED asks for TLS first");
+        for (value, expected) in [
+            ("DISABLED", SslMode::Disabled),
+            ("disabled", SslMode::Disabled),
+            ("PREFERRED", SslMode::Preferred),
+            ("Required", SslMode::Required),
+            ("VERIFY_IDENTITY", SslMode::VerifyIdentity),
+        ] {
+            let config = MysqlConfig::from_url(&format!("mysql://app@db/pay?ssl-mode={value}")).expect(value);
+            assert_eq!(config.ssl_mode(), expected, "{value}");
+            let ssl = config.driver_opts().ssl_opts().cloned();
+            match expected {
+                SslMode::Disabled => assert!(ssl.is_none(), "DISABLED never asks for TLS"),
+                SslMode::Preferred | SslMode::Required => {
+                    let ssl = ssl.expect("TLS");
+                    assert!(ssl.accept_invalid_certs(), "{value} does not check the certificate");
+                }
+                _ => {
+                    let ssl = ssl.expect("TLS");
+                    assert!(!ssl.accept_invalid_certs() && !ssl.skip_domain_validation(), "{value}");
+                    assert!(ssl.disable_built_in_roots(), "the system's roots, not the driver's list");
+                    assert!(!ssl.root_certs().is_empty(), "the system's roots are read");
+                }
+            }
+        }
+        assert!(format!("{config:?}").contains("Preferred"), "{config:?}");
+    }
+
+    #[test]
+    fn unknown_ssl_modes_verify_ca_and_the_drivers_tls_switches_are_refused_by_name() {
+        for value in ["VERIFY_FULL", "on", "", "prefer"] {
+            let err = MysqlConfig::from_url(&format!("mysql://app:hunter2@db/pay?ssl-mode={value}"))
+                .expect_err(value);
+            assert!(matches!(&err, ConfigError::SslMode(given) if given == value), "{err:?}");
+            assert!(err.to_string().contains(&format!("unsupported ssl-mode {value:?}")), "{err}");
+            assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        }
+        let err = MysqlConfig::from_url("mysql://app@db/pay?ssl-mode=VERIFY_CA").expect_err("VERIFY_CA");
+        assert!(err.to_string().contains("`ssl-mode=VERIFY_CA` is not supported"), "{err}");
+        assert!(err.to_string().contains("mysql_async#404"), "{err}");
+        for (name, value) in [
+            ("require_ssl", "true"),
+            ("require_ssl", "false"),
+            ("verify_ca", "false"),
+            ("built_in_roots", "false"),
+        ] {
+            let err = MysqlConfig::from_url(&format!("mysql://app@db/pay?{name}={value}")).expect_err(name);
+            assert!(err.to_string().contains(&format!("`{name}={value}` is not supported")), "{err}");
+            assert!(err.to_string().contains("ssl-mode="), "{err}");
+        }
+    }
+
+    #[test]
+    fn ssl_ca_is_read_with_the_url_and_needs_verify_identity() {
+        let dir = std::env::temp_dir().join(format!("payments-mysql-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "not a certificate\n").expect("write");
+        let url = |params: &str| format!("mysql://app:hunter2@db/pay?{params}");
+        let cases = [
+            (
+                url("ssl-mode=VERIFY_IDENTITY&ssl-ca=/nonexistent/ca.pem"),
+                "cannot read ssl-ca /nonexistent/ca.pem",
+            ),
+            (
+                url(&format!("ssl-mode=VERIFY_IDENTITY&ssl-ca={}", not_pem.display())),
+                "holds no usable CA certificate",
+            ),
+            (url("ssl-ca=/nonexistent/ca.pem"), "`ssl-ca=/nonexistent/ca.pem` is not supported"),
+            (url("ssl-mode=REQUIRED&ssl-ca=/x.pem"), "add ssl-mode=VERIFY_IDENTITY"),
+        ];
+        let results: Vec<_> = cases.iter().map(|(url, _)| MysqlConfig::from_url(url)).collect();
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        for ((url, expected), result) in cases.iter().zip(results) {
+            let err = result.expect_err(url);
+            assert!(err.to_string().contains(expected), "{url}: {err}");
+            assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
         }
     }
 

@@ -34,6 +34,8 @@ const TRANSIENT: &[(u16, &str)] = &[
 /// shutting down or overloaded, or the statement lost a race for a lock.
 pub(crate) fn is_transient(err: &Error) -> bool {
     match err {
+        // TLS refused the server's certificate or handshake: the next connection meets the same.
+        _ if crate::tls::is_refused(err) => false,
         // Refused, reset, broken pipe, end of stream: the connection itself failed.
         Error::Io(_) => true,
         Error::Driver(DriverError::ConnectionClosed) => true,
@@ -61,7 +63,10 @@ pub(crate) fn shared(action: &str, err: Arc<Error>) -> RepositoryError {
             Some((_, why)) => format!("MySQL {action} failed ({why})"),
             None => format!("MySQL {action} failed"),
         },
-        _ => format!("MySQL {action} failed"),
+        _ => match crate::tls::explain(&err) {
+            Some(hint) => format!("MySQL {action} failed: {hint}"),
+            None => format!("MySQL {action} failed"),
+        },
     };
     if is_transient(&err) {
         RepositoryError::unavailable_because(message, err)

@@ -16,7 +16,11 @@
 //! - **Errors mapped for the consumer**: a deadlock, a lock wait timeout, a lost, refused or
 //!   killed connection, too many connections, a server shutting down, a call past its timeout
 //!   are [`RepositoryError::Unavailable`] (retried); anything else is [`RepositoryError::Failed`],
-//!   with the server's error as its source.
+//!   with the server's error as its source. A certificate that TLS refuses, or a server without
+//!   TLS when `ssl-mode` requires it, is a failure too: no retry changes it.
+//! - **TLS as MySQL's client reads it**: `ssl-mode` (`DISABLED`, `PREFERRED` by default,
+//!   `REQUIRED`, `VERIFY_IDENTITY`) and `ssl-ca`, on rustls with the system's roots; see
+//!   [`SslMode`] and the `tls` module for what each mode checks, and why `VERIFY_CA` is refused.
 //!
 //! The URL is `mysql://USER[:PASS]@HOST:PORT/DB` ([`MysqlConfig::from_url`] lists the
 //! parameters); the database must exist. The driver is mysql_async; see
@@ -31,6 +35,7 @@ mod rows;
 mod sql;
 #[cfg(feature = "testing")]
 pub mod testing;
+mod tls;
 
 use std::fmt;
 use std::sync::Arc;
@@ -38,7 +43,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Pool, Row, Value};
+use mysql_async::{Conn, DriverError, Opts, OptsBuilder, Pool, Row, Value};
 use payments_ports::domain::{Payment, PaymentId, SaveOutcome};
 use payments_ports::{PaymentsRepository, RepositoryError};
 use tokio::sync::{Mutex, mpsc, oneshot};
@@ -47,6 +52,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use crate::config::{ConfigError, DatabaseName, MysqlConfig};
 pub use crate::migrate::SCHEMA_VERSION;
+pub use crate::tls::SslMode;
 
 /// What saves, reads and the batcher share.
 struct Inner {
@@ -122,7 +128,8 @@ impl MysqlPaymentsRepository {
     /// database does not exist, the credentials are refused, or the schema cannot be set up or
     /// is newer than this build.
     pub async fn connect(config: MysqlConfig) -> Result<Self, RepositoryError> {
-        let pool = Pool::new(config.driver_opts());
+        let action = format!("connect to {config} (ssl-mode={})", config.ssl_mode());
+        let pool = Pool::new(session_opts(&config, &action).await?);
         let inner = Arc::new(Inner {
             pool,
             database: config.database().clone(),
@@ -134,7 +141,7 @@ impl MysqlPaymentsRepository {
         // worth of time, waiting for another instance's included.
         let wait_seconds = config.call_timeout().as_secs().max(1);
         let migrated = bounded("connect", config.connect_timeout() + config.call_timeout(), async {
-            let mut conn = inner.conn().await.map_err(|err| err.into_error("connect"))?;
+            let mut conn = inner.conn().await.map_err(|err| err.into_error(&action))?;
             migrate::run(&mut conn, &inner.database, wait_seconds).await
         })
         .await;
@@ -186,6 +193,36 @@ impl MysqlPaymentsRepository {
             work(&mut conn).await.map_err(|err| errors::query(action, err))
         })
         .await
+    }
+}
+
+/// The driver's options for the store's sessions, TLS decided: for `PREFERRED`, see [`preferred`].
+pub(crate) async fn session_opts(config: &MysqlConfig, action: &str) -> Result<Opts, RepositoryError> {
+    match config.ssl_mode() {
+        SslMode::Preferred => preferred(config, action).await,
+        _ => Ok(config.driver_opts()),
+    }
+}
+
+/// The driver's options for `PREFERRED`: TLS if the server offers it, asked once with a
+/// connection of its own (mysql_async fails a connection that asks for TLS from a server without
+/// it, rather than go on in plain text); plain text if it does not.
+async fn preferred(config: &MysqlConfig, action: &str) -> Result<Opts, RepositoryError> {
+    let opts = config.driver_opts();
+    let timeout = config.connect_timeout();
+    match tokio::time::timeout(timeout, Conn::new(opts.clone())).await {
+        Ok(Ok(conn)) => {
+            let _ = conn.disconnect().await;
+            Ok(opts)
+        }
+        Ok(Err(mysql_async::Error::Driver(DriverError::NoClientSslFlagFromServer))) => {
+            tracing::debug!(server = %config, "the server offers no TLS: ssl-mode=PREFERRED connects in plain text");
+            Ok(OptsBuilder::from_opts(opts).ssl_opts(None).into())
+        }
+        Ok(Err(err)) => Err(NoConnection::Driver(err).into_error(action)),
+        Err(_) => {
+            Err(RepositoryError::unavailable(format!("MySQL {action}: no connection within {timeout:?}")))
+        }
     }
 }
 

@@ -14,12 +14,14 @@ pub fn insert_statement(rows: usize) -> String {
 }
 
 /// A connection to `database` opened exactly as the store opens its own (strict `sql_mode`, lock
-/// wait timeouts, isolation level): for tests of what those settings do.
+/// wait timeouts, isolation level, TLS as `ssl-mode` decides): for tests of what those settings
+/// do.
 ///
 /// # Errors
 ///
 /// The driver's error, or a database name the store would refuse.
 pub async fn store_session(config: &MysqlConfig, database: &str) -> Result<Conn, BoxError> {
-    let database = DatabaseName::new(database)?;
-    Ok(Conn::new(config.clone().with_database(database).driver_opts()).await?)
+    let config = config.clone().with_database(DatabaseName::new(database)?);
+    let opts = crate::session_opts(&config, "open a session").await?;
+    Ok(Conn::new(opts).await?)
 }

@@ -7,10 +7,15 @@ use payments_ports::RepositoryError;
 use tokio_postgres::error::SqlState;
 
 /// Whether the same statement may succeed later: the connection is gone or refused, the server
-/// is shutting down or starting, overloaded, or the transaction lost a race.
+/// is shutting down or starting, overloaded, or the transaction lost a race. Not when TLS refused
+/// the server (its certificate, the handshake) or the server refused TLS that `sslmode` requires:
+/// retrying would meet the same server with the same certificate.
 pub(crate) fn is_transient(err: &tokio_postgres::Error) -> bool {
     if err.is_closed() {
         return true;
+    }
+    if crate::tls::is_refused(err) {
+        return false;
     }
     if let Some(code) = err.code() {
         return code.code().starts_with("08") // connection exceptions
@@ -62,5 +67,22 @@ pub(crate) fn pool(action: &str, err: PoolError) -> RepositoryError {
         other => {
             RepositoryError::failed_because(format!("PostgreSQL {action}: the connection pool failed"), other)
         }
+    }
+}
+
+/// The first connection failed: says where, with which TLS settings, and, for a TLS failure,
+/// what it means, before the driver's own words.
+pub(crate) fn connect(target: &str, err: PoolError) -> RepositoryError {
+    match err {
+        PoolError::Backend(err) => {
+            let hint = crate::tls::explain(&err).map(|hint| format!(": {hint}")).unwrap_or_default();
+            let message = format!("cannot connect to PostgreSQL at {target}{hint}");
+            if is_transient(&err) {
+                RepositoryError::unavailable_because(message, err)
+            } else {
+                RepositoryError::failed_because(message, err)
+            }
+        }
+        other => pool("connect", other),
     }
 }

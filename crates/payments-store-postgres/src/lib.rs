@@ -11,13 +11,19 @@
 //!   configurable (`?schema=name` in the URL, default `payments`).
 //! - **Errors mapped for the consumer**: connection refused or reset, a pool timeout, an
 //!   administrator shutdown, a serialization failure are [`RepositoryError::Unavailable`] (retried);
-//!   anything else is [`RepositoryError::Failed`], with the driver's error as its source.
+//!   anything else is [`RepositoryError::Failed`], with the driver's error as its source. A server
+//!   whose TLS certificate is refused, or that refuses TLS when it is required, is a failure too:
+//!   no retry makes it trusted.
+//! - **TLS as libpq does it**: `sslmode` (`disable`, `prefer` by default, `require`, `verify-ca`,
+//!   `verify-full`) and `sslrootcert` in the URL, on rustls with the system's roots; see
+//!   [`SslMode`] and the `tls` module for what each mode checks.
 //!
 //! The driver is tokio-postgres with a deadpool pool; see docs/adr/0002-postgres-driver.md.
 
 mod batch;
 mod errors;
 mod migrate;
+mod tls;
 
 use std::fmt;
 use std::str::FromStr;
@@ -30,10 +36,11 @@ use payments_ports::domain::{Amount, Currency, Payment, PaymentId, SaveOutcome};
 use payments_ports::{PaymentsRepository, RepositoryError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use tokio_postgres::NoTls;
 use tokio_util::sync::CancellationToken;
 
 pub use crate::migrate::SCHEMA_VERSION;
+pub use crate::tls::SslMode;
+use crate::tls::{Roots, Tls};
 
 /// Why a PostgreSQL URL cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +54,56 @@ pub enum ConfigError {
     /// The driver does not accept the URL or one of its parameters.
     #[error("invalid PostgreSQL URL")]
     Url(#[source] tokio_postgres::Error),
+    /// `sslmode` has a value this store does not know (or, for `allow`, does not do).
+    #[error(
+        "unsupported sslmode {0:?} in the PostgreSQL URL: use disable, prefer, require, verify-ca or verify-full"
+    )]
+    SslMode(String),
+    /// A libpq TLS parameter this store does not implement (client certificates, CRLs, ...).
+    #[error("the PostgreSQL URL parameter `{0}` is not supported: TLS takes sslmode and sslrootcert only")]
+    Unsupported(String),
+    /// The `sslrootcert` file cannot be read.
+    #[error("cannot read sslrootcert {}", path.display())]
+    RootCertFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `sslrootcert` file holds no certificate that can be trusted.
+    #[error("sslrootcert {} holds no usable CA certificate: {reason}", path.display())]
+    RootCertContent {
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A verifying `sslmode` without `sslrootcert`, and no root certificate in the system's store.
+    #[error("no system root certificates to verify the server with ({0}): give sslrootcert=PATH")]
+    SystemRoots(String),
+    /// rustls refused the TLS settings.
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
 }
+
+/// libpq's TLS parameters that this store does not implement: refused by name rather than passed
+/// to the driver, which would call them unknown.
+const UNSUPPORTED_TLS_PARAMETERS: &[&str] = &[
+    "sslcert",
+    "sslkey",
+    "sslpassword",
+    "sslcertmode",
+    "sslcrl",
+    "sslcrldir",
+    "sslsni",
+    "sslcompression",
+    "ssl_min_protocol_version",
+    "ssl_max_protocol_version",
+    "sslkeylogfile",
+    "requiressl",
+    "gssencmode",
+];
 
 /// A schema name: lowercase letters, digits and underscores, starting with a letter or
 /// underscore, at most 63 bytes. Checked, then quoted wherever it appears in SQL.
@@ -90,6 +146,7 @@ impl fmt::Display for SchemaName {
 #[derive(Clone)]
 pub struct PostgresConfig {
     connection: tokio_postgres::Config,
+    tls: Tls,
     schema: SchemaName,
     /// Connections in the pool: the batches in flight, plus room for reads and migrations.
     pool_size: usize,
@@ -110,6 +167,7 @@ impl fmt::Debug for PostgresConfig {
         // tokio_postgres::Config's Debug redacts the password.
         f.debug_struct("PostgresConfig")
             .field("connection", &self.connection)
+            .field("tls", &self.tls)
             .field("schema", &self.schema)
             .field("pool_size", &self.pool_size)
             .finish_non_exhaustive()
@@ -118,24 +176,44 @@ impl fmt::Debug for PostgresConfig {
 
 impl PostgresConfig {
     /// Parses a `postgres://` URL. A `schema=<name>` query parameter picks the schema (default
-    /// `payments`); every other parameter is the driver's (`connect_timeout`, `application_name`,
-    /// ...). Without a `connect_timeout`, connecting gives up after 5 s.
+    /// `payments`). `sslmode` and `sslrootcert` are libpq's (see [`SslMode`]): `sslmode` defaults
+    /// to `prefer`, and `sslrootcert=PATH` (percent-encoded like any URL value) replaces the
+    /// system's roots with the CA certificates of that PEM file, which is read here. Every other
+    /// parameter is the driver's (`connect_timeout`, `application_name`, `hostaddr`, ...).
+    /// Without a `connect_timeout`, connecting gives up after 5 s.
     ///
     /// # Errors
     ///
-    /// [`ConfigError`]: what is wrong with the URL or the schema name.
+    /// [`ConfigError`]: what is wrong with the URL, the schema name, the TLS parameters or the
+    /// root certificates. It never contains the password.
     pub fn from_url(url: &str) -> Result<Self, ConfigError> {
         let (base, query) = url.split_once('?').unwrap_or((url, ""));
         let mut schema = SchemaName::new("payments")?;
+        let (mut ssl_mode, mut roots) = (None, None);
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
-            match pair.strip_prefix("schema=") {
-                Some(name) => schema = SchemaName::new(name)?,
-                None => rest.push(pair),
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let decoded = || percent_encoding::percent_decode_str(value).decode_utf8_lossy().into_owned();
+            match name {
+                "schema" => schema = SchemaName::new(value)?,
+                "sslmode" => ssl_mode = Some(decoded().parse::<SslMode>()?),
+                "sslrootcert" => roots = Some(Roots::from_param(&decoded())),
+                name if UNSUPPORTED_TLS_PARAMETERS.contains(&name) => {
+                    return Err(ConfigError::Unsupported(name.to_owned()));
+                }
+                _ => rest.push(pair),
             }
         }
         let url = if rest.is_empty() { base.to_owned() } else { format!("{base}?{}", rest.join("&")) };
         let mut connection = tokio_postgres::Config::from_str(&url).map_err(ConfigError::Url)?;
+        // A key=value connection string carries its sslmode to the driver, which knows the first
+        // three: keep what it read rather than override it with the default.
+        let ssl_mode = ssl_mode.unwrap_or(match connection.get_ssl_mode() {
+            tokio_postgres::config::SslMode::Disable => SslMode::Disable,
+            tokio_postgres::config::SslMode::Require => SslMode::Require,
+            _ => SslMode::Prefer,
+        });
+        connection.ssl_mode(ssl_mode.driver());
         if connection.get_application_name().is_none() {
             connection.application_name("payments-app");
         }
@@ -144,6 +222,7 @@ impl PostgresConfig {
         }
         Ok(Self {
             connection,
+            tls: Tls::new(ssl_mode, roots)?,
             schema,
             pool_size: 16,
             wait_timeout: Duration::from_secs(5),
@@ -151,6 +230,20 @@ impl PostgresConfig {
             batches_in_flight: 4,
             max_batch: 512,
         })
+    }
+
+    /// How connections use TLS.
+    pub fn ssl_mode(&self) -> SslMode {
+        self.tls.mode()
+    }
+
+    /// The `sslrootcert` file whose certificates are the only trusted roots, if the URL names one
+    /// (`sslrootcert=system` names none: the system's roots, as without it).
+    pub fn ssl_root_cert(&self) -> Option<&std::path::Path> {
+        match self.tls.roots() {
+            Some(Roots::File(path)) => Some(path),
+            _ => None,
+        }
     }
 
     /// The schema the store lives in.
@@ -183,6 +276,21 @@ impl PostgresConfig {
     /// How long connecting to the server may take: the URL's `connect_timeout`, or 5 s.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connection.get_connect_timeout().copied()
+    }
+
+    /// Where and how the store connects, for messages: hosts, port, TLS; never the password.
+    fn describe(&self) -> String {
+        let hosts: Vec<String> = self
+            .connection
+            .get_hosts()
+            .iter()
+            .map(|host| match host {
+                tokio_postgres::config::Host::Tcp(name) => name.clone(),
+                tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+            })
+            .collect();
+        let ports: Vec<String> = self.connection.get_ports().iter().map(ToString::to_string).collect();
+        format!("{} port {} ({})", hosts.join(","), ports.join(","), self.tls.describe())
     }
 }
 
@@ -261,7 +369,7 @@ impl PostgresPaymentsRepository {
     pub async fn connect(config: PostgresConfig) -> Result<Self, RepositoryError> {
         let manager = Manager::from_config(
             config.connection.clone(),
-            NoTls,
+            config.tls.connector(),
             ManagerConfig { recycling_method: RecyclingMethod::Fast },
         );
         let pool = Pool::builder(manager)
@@ -273,7 +381,7 @@ impl PostgresPaymentsRepository {
             .build()
             .map_err(|err| RepositoryError::failed_because("cannot build the connection pool", err))?;
         {
-            let mut client = pool.get().await.map_err(|err| errors::pool("cannot connect", err))?;
+            let mut client = pool.get().await.map_err(|err| errors::connect(&config.describe(), err))?;
             migrate::run(&mut client, &config.schema).await?;
         }
         let inner = Arc::new(Inner {
@@ -467,6 +575,80 @@ mod tests {
         assert_eq!(config.schema().as_str(), "payments");
         assert!(PostgresConfig::from_url("postgres://db/pay?schema=Bad-Name").is_err());
         assert!(PostgresConfig::from_url("postgres://db/pay?nonsense=1").is_err());
+    }
+
+    #[test]
+    fn sslmode_is_libpqs_with_prefer_by_default() {
+        let mode = |url: &str| PostgresConfig::from_url(url).map(|config| config.ssl_mode());
+        assert_eq!(mode("postgres://db/pay").expect("valid"), SslMode::Prefer);
+        for (value, expected, driver) in [
+            ("disable", SslMode::Disable, tokio_postgres::config::SslMode::Disable),
+            ("prefer", SslMode::Prefer, tokio_postgres::config::SslMode::Prefer),
+            ("require", SslMode::Require, tokio_postgres::config::SslMode::Require),
+            ("verify-ca", SslMode::VerifyCa, tokio_postgres::config::SslMode::Require),
+            ("verify-full", SslMode::VerifyFull, tokio_postgres::config::SslMode::Require),
+        ] {
+            let config =
+                PostgresConfig::from_url(&format!("postgres://db/pay?sslmode={value}")).expect(value);
+            assert_eq!(config.ssl_mode(), expected);
+            assert_eq!(config.ssl_mode().to_string(), value);
+            assert_eq!(config.connection.get_ssl_mode(), driver, "{value}: never plain text past prefer");
+        }
+        // A key=value string keeps the mode the driver read from it.
+        let config = PostgresConfig::from_url("host=db dbname=pay sslmode=require").expect("valid");
+        assert_eq!(config.ssl_mode(), SslMode::Require);
+    }
+
+    #[test]
+    fn unknown_sslmodes_and_tls_parameters_are_refused_by_name() {
+        for value in ["allow", "VERIFY-FULL", "verify_full", "on", ""] {
+            let err = PostgresConfig::from_url(&format!("postgres://u:hunter2@db/pay?sslmode={value}"))
+                .expect_err(value);
+            assert!(matches!(&err, ConfigError::SslMode(given) if given == value), "{err:?}");
+            assert!(err.to_string().contains(&format!("unsupported sslmode {value:?}")), "{err}");
+            assert!(!format!("{err} {err:?}").contains("hunter2"), "{err:?}");
+        }
+        for name in ["sslcert", "sslkey", "sslcrl", "sslpassword"] {
+            let err = PostgresConfig::from_url(&format!("postgres://db/pay?{name}=/x")).expect_err(name);
+            assert!(matches!(&err, ConfigError::Unsupported(given) if given == name), "{err:?}");
+            assert!(err.to_string().contains(&format!("`{name}` is not supported")), "{err}");
+        }
+    }
+
+    #[test]
+    fn sslrootcert_is_read_when_the_url_is() {
+        let missing = PostgresConfig::from_url(
+            "postgres://u:hunter2@db/pay?sslmode=verify-full&sslrootcert=/nonexistent/ca%20file.pem",
+        )
+        .expect_err("no such file");
+        assert!(
+            matches!(&missing, ConfigError::RootCertFile { path, .. } if path == std::path::Path::new("/nonexistent/ca file.pem")),
+            "the path is percent-decoded: {missing:?}"
+        );
+        assert!(
+            missing.to_string().contains("cannot read sslrootcert /nonexistent/ca file.pem"),
+            "{missing}"
+        );
+        assert!(!format!("{missing:?}").contains("hunter2"));
+
+        let dir = std::env::temp_dir().join(format!("payments-pg-tls-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").expect("write");
+        let url = format!("postgres://db/pay?sslmode=verify-ca&sslrootcert={}", empty.display());
+        let err = PostgresConfig::from_url(&url).expect_err("no certificate");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+        assert!(matches!(err, ConfigError::RootCertContent { .. }), "{err:?}");
+        assert!(err.to_string().contains("holds no usable CA certificate"), "{err}");
+
+        // Without verification, nothing needs the roots: libpq ignores sslrootcert there too.
+        let config = PostgresConfig::from_url("postgres://db/pay?sslmode=prefer&sslrootcert=/nonexistent")
+            .expect("unused");
+        assert_eq!(config.ssl_root_cert(), Some(std::path::Path::new("/nonexistent")));
+        let config = PostgresConfig::from_url("postgres://db/pay?sslmode=verify-full&sslrootcert=system")
+            .expect("the system's roots");
+        assert_eq!(config.ssl_root_cert(), None);
+        assert!(format!("{config:?}").contains("VerifyFull"), "{config:?}");
     }
 
     #[test]

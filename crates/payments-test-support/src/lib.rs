@@ -10,6 +10,10 @@
 //!   server is, whether it answers, and a fresh place of a test's own on it (a schema, a database,
 //!   a stream, queues) that the test removes afterwards: `postgres`, `mysql`, `redis`, `nats` and
 //!   `rabbitmq`.
+//! - [`tls`] (feature `tls`): a CA of a test's own and the server certificates it signs; with
+//!   `postgres`, a PostgreSQL cluster of a test's own with or without TLS; with `mysql`, a
+//!   MariaDB server of a test's own likewise; with `redis`, a `redis-server` serving TLS. Each is
+//!   stopped and removed when dropped.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.
@@ -30,6 +34,8 @@ pub mod rabbitmq;
 pub mod redis;
 pub mod scrape;
 pub mod servers;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use gate::{Gate, Test, trials, under_ci};
 /// Re-exported, so that a crate using [`trials`] needs no dependency of its own to run them.

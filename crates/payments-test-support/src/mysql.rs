@@ -1,5 +1,6 @@
 //! For tests that need a MySQL or MariaDB server: where it is, whether it answers, and a database
-//! of their own that they drop afterwards.
+//! of their own that they drop afterwards. With the `tls` feature, [`TestServer`]: a MariaDB of a
+//! test's own, with or without TLS.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -8,6 +9,11 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
 use crate::{Gate, Test, libtest_mimic};
+
+#[cfg(feature = "tls")]
+mod server;
+#[cfg(feature = "tls")]
+pub use server::{TestServer, available as server_available};
 
 /// An error of the test helpers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

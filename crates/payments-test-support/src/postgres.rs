@@ -1,5 +1,6 @@
 //! For tests that need a PostgreSQL server: where it is, whether it answers, and a schema of
-//! their own that they remove afterwards.
+//! their own that they remove afterwards. With the `tls` feature, [`TestCluster`]: a server of a
+//! test's own, with or without TLS.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -7,6 +8,11 @@ use std::time::Duration;
 use tokio_postgres::NoTls;
 
 use crate::{Gate, Test, libtest_mimic};
+
+#[cfg(feature = "tls")]
+mod cluster;
+#[cfg(feature = "tls")]
+pub use cluster::{BIN_ENV, TestCluster, available as cluster_available, bin_dir};
 
 /// The environment variable that names the test server.
 pub const URL_ENV: &str = "PAYMENTS_TEST_POSTGRES_URL";

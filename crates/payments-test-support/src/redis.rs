@@ -1,5 +1,6 @@
 //! For tests that need a Redis server: where it is, whether it answers, key names of a test's own
-//! that it removes afterwards, and killing the connections of named clients.
+//! that it removes afterwards, and killing the connections of named clients. With the `tls`
+//! feature, [`TlsRedis`]: a TLS-only server of a test's own.
 //!
 //! The server is shared by every test that runs at the same time, so nothing here touches what it
 //! did not create: keys are removed by their test's own prefix, and connections are killed by
@@ -12,6 +13,11 @@ use ::redis::aio::MultiplexedConnection;
 use ::redis::{AsyncConnectionConfig, RedisError, RedisResult, Value};
 
 use crate::{Gate, Test, libtest_mimic};
+
+#[cfg(feature = "tls")]
+mod tls_server;
+#[cfg(feature = "tls")]
+pub use tls_server::{TlsRedis, tls_available};
 
 /// The environment variable that names the test server.
 pub const URL_ENV: &str = "PAYMENTS_TEST_REDIS_URL";

@@ -128,3 +128,35 @@ pub(crate) fn rediss_is_accepted_and_needs_the_tls_feature() -> Result<(), Faile
     assert!(err.to_string().contains("`tls` feature"), "{err}");
     Ok(())
 }
+
+/// `ssl-ca=PATH` is read with the URL, on `rediss://` only, and shown (it is no secret).
+pub(crate) fn ssl_ca_is_read_with_the_url_and_needs_rediss() -> Result<(), Failed> {
+    let ca = payments_test_support::tls::TestCa::new("payments test CA")?;
+    let path = ca.cert_path().display().to_string();
+    let config =
+        RedisSourceConfig::from_url(&format!("rediss://:pw@127.0.0.1:6380?stream=s&group=g&ssl-ca={path}"))?;
+    assert_eq!(config.ssl_ca(), Some(ca.cert_path()));
+    assert_eq!(config.to_string(), format!("rediss://:***@127.0.0.1:6380/0?stream=s&group=g&ssl-ca={path}"));
+    let stream = RedisStreamConfig::from_url(&format!("rediss://127.0.0.1:6380?stream=d&ssl-ca={path}"))?;
+    assert_eq!(stream.ssl_ca(), Some(ca.cert_path()));
+    assert_eq!(RedisStreamConfig::from_url("rediss://127.0.0.1:6380?stream=d")?.ssl_ca(), None);
+
+    check_refused(
+        &format!("redis://127.0.0.1:6379?stream=s&group=g&ssl-ca={path}"),
+        "`ssl-ca` needs a rediss:// URL",
+    );
+    check_refused(
+        "rediss://:s3cr3t-pa55@127.0.0.1:6380?stream=s&group=g&ssl-ca=/nonexistent/ca.pem",
+        "cannot read ssl-ca /nonexistent/ca.pem",
+    );
+    let not_pem = ca.dir().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate\n")?;
+    check_refused(
+        &format!("rediss://127.0.0.1:6380?stream=s&group=g&ssl-ca={}", not_pem.display()),
+        "holds no PEM certificate",
+    );
+    let err = RedisSourceConfig::from_url("rediss://:s3cr3t-pa55@h?stream=s&group=g&ssl-ca=/nonexistent")
+        .expect_err("no such file");
+    assert!(!format!("{} {err:?}", error_chain(&err)).contains("s3cr3t-pa55"), "{err:?}");
+    Ok(())
+}

@@ -1,7 +1,8 @@
 //! The Redis adapter's own tests: the URL contract, and what the conformance suite cannot provoke
 //! (acknowledgements in flight through a killed connection, trimmed entries, a deleted stream,
-//! what the dead-letter sink and the publisher write). `harness = false`, so that without a
-//! server each test that needs one is reported as skipped by name (failed under CI).
+//! what the dead-letter sink and the publisher write), and `rediss://` (`tls`, against TLS servers
+//! the tests start). `harness = false`, so that without a server each test that needs one is
+//! reported as skipped by name (failed under CI).
 
 use std::process::ExitCode;
 
@@ -12,6 +13,7 @@ mod config;
 mod sinks;
 mod source;
 mod support;
+mod tls;
 
 fn main() -> ExitCode {
     // The URL's tests need no server.
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
             config::bad_urls_are_refused_by_name,
             config::the_password_never_shows,
             config::rediss_is_accepted_and_needs_the_tls_feature,
+            config::ssl_ca_is_read_with_the_url_and_needs_rediss,
         ],
     );
     trials.extend(test_redis::trials(
@@ -36,6 +39,25 @@ fn main() -> ExitCode {
             source::the_backlog_probe_counts_what_waits_and_what_is_unacknowledged,
             sinks::the_dead_letter_sink_writes_a_whole_letter,
             sinks::the_publisher_round_trips_bytes_and_ids,
+            tls::rediss_never_falls_back_to_plain_text,
+        ],
+    ));
+    // TLS servers of the tests' own: they need the `tls` feature, and a redis-server built with
+    // TLS (Debian's is).
+    let tls = if cfg!(feature = "tls") {
+        Gate::new(test_redis::tls_available())
+    } else {
+        Gate::new(Err(
+            "built without the `tls` feature: cargo test -p payments-source-redis --features tls".into()
+        ))
+    };
+    trials.extend(payments_test_support::trials(
+        "redis",
+        &tls,
+        payments_test_support::tests![
+            tls::rediss_with_the_right_ca_and_host_publishes_and_consumes,
+            tls::rediss_refuses_a_certificate_for_another_host,
+            tls::rediss_refuses_an_unknown_ca,
         ],
     ));
     libtest_mimic::run(&Arguments::from_args(), trials).exit_code()

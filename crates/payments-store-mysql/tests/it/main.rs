@@ -1,6 +1,7 @@
 //! The MySQL store's own tests: migrations, what the server answers to the store's statements,
-//! strict mode, and how failures are reported. `harness = false`, so that without a server each
-//! test is reported as skipped by name (failed under CI).
+//! strict mode, how failures are reported, and TLS (`tls`, against MariaDB servers the tests
+//! start themselves). `harness = false`, so that without a server (or the programs to start one)
+//! each test is reported as skipped by name (failed under CI).
 
 use std::future::Future;
 use std::process::ExitCode;
@@ -15,7 +16,9 @@ use payments_ports::{PaymentsRepository, RepositoryError, error_chain};
 use payments_store_mysql::testing::{insert_statement, store_session};
 use payments_store_mysql::{MysqlConfig, MysqlPaymentsRepository, SCHEMA_VERSION};
 use payments_test_support::mysql::{self as server, TestDatabase};
-use payments_test_support::tests;
+use payments_test_support::{Gate, tests};
+
+mod tls;
 
 fn main() -> ExitCode {
     let tests = tests![
@@ -34,7 +37,22 @@ fn main() -> ExitCode {
         refused_credentials_are_a_failure_and_the_password_never_shows,
         close_finishes_the_queued_saves_then_refuses_calls,
     ];
-    libtest_mimic::run(&Arguments::from_args(), server::trials("mysql", tests)).exit_code()
+    let mut trials = server::trials("mysql", tests);
+    trials.extend(payments_test_support::trials(
+        "mysql",
+        &Gate::new(server::server_available()),
+        tests![
+            tls::verify_identity_with_the_right_ca_and_host_connects_over_tls_and_saves,
+            tls::verify_identity_refuses_a_certificate_for_another_host,
+            tls::verify_identity_refuses_an_unknown_ca,
+            tls::required_and_preferred_use_tls_without_checking_the_certificate,
+            tls::disabled_connects_in_plain_text_to_a_tls_server,
+            tls::required_never_falls_back_to_plain_text,
+            tls::preferred_connects_in_plain_text_to_a_server_without_tls,
+            tls::verify_ca_stays_refused_while_the_driver_checks_names_regardless,
+        ],
+    ));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
 fn runtime() -> tokio::runtime::Runtime {

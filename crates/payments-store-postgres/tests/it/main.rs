@@ -1,5 +1,6 @@
-//! The PostgreSQL adapter's own tests: migrations, and how failures are reported. `harness =
-//! false`, so that without a server each test is reported as skipped by name (failed under CI).
+//! The PostgreSQL adapter's own tests: migrations, how failures are reported, and TLS (`tls`,
+//! against clusters the tests start themselves). `harness = false`, so that without a server (or
+//! without the programs to start one) each test is reported as skipped by name (failed under CI).
 
 use std::process::ExitCode;
 
@@ -7,7 +8,10 @@ use libtest_mimic::{Arguments, Failed};
 use payments_ports::PaymentsRepository;
 use payments_ports::domain::{Payment, SaveOutcome};
 use payments_store_postgres::{PostgresConfig, PostgresPaymentsRepository, SCHEMA_VERSION};
+use payments_test_support::Gate;
 use payments_test_support::postgres::{self as pg, TestSchema};
+
+mod tls;
 
 fn main() -> ExitCode {
     let tests = payments_test_support::tests![
@@ -19,7 +23,21 @@ fn main() -> ExitCode {
         a_save_held_up_past_the_timeout_is_unavailable_then_recorded_once,
         closing_saves_what_is_queued_then_refuses_more,
     ];
-    libtest_mimic::run(&Arguments::from_args(), pg::trials("postgres", tests)).exit_code()
+    let mut trials = pg::trials("postgres", tests);
+    trials.extend(payments_test_support::trials(
+        "postgres",
+        &Gate::new(pg::cluster_available()),
+        payments_test_support::tests![
+            tls::verify_full_with_the_right_ca_and_host_connects_over_tls_and_saves,
+            tls::verify_full_refuses_a_certificate_for_another_host,
+            tls::verify_full_refuses_an_unknown_ca,
+            tls::require_and_prefer_use_tls_without_checking_the_certificate,
+            tls::disable_connects_in_plain_text_to_a_tls_server,
+            tls::require_never_falls_back_to_plain_text,
+            tls::prefer_connects_in_plain_text_to_a_server_without_tls,
+        ],
+    ));
+    libtest_mimic::run(&Arguments::from_args(), trials).exit_code()
 }
 
 fn runtime() -> tokio::runtime::Runtime {
