@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use payments_app::adapters::{STORES, TestEnv};
 use payments_test_support::Gate;
-use payments_test_support::bench::{self, Latencies, Row, Scale, Target, rate, timed};
+use payments_test_support::bench::{self, Latencies, Row, Scale, Target, median, rate, timed};
 use payments_test_support::redis::{self as test_redis, TestKeys};
 use payments_test_support::servers::{self, Place};
 
 fn main() -> std::process::ExitCode {
-    bench::main(&[("consume", &run), ("redis", &redis)])
+    bench::main(&[("consume", &run), ("metrics", &metrics), ("redis", &redis)])
 }
 
 /// One million lines: 800,000 distinct payments, and 200,000 redeliveries of them spread through.
@@ -38,9 +38,14 @@ fn write_input(path: &Path, lines: usize) {
 }
 
 fn consume(dir: &Path, store: &str, input: &Path) -> (serde_json::Value, f64) {
+    consume_with(dir, store, input, &[])
+}
+
+fn consume_with(dir: &Path, store: &str, input: &Path, extra: &[&str]) -> (serde_json::Value, f64) {
     let (output, elapsed) = timed(|| {
         Command::new(env!("CARGO_BIN_EXE_payments-app"))
             .args(["consume", "--store", store, "--input", &input.display().to_string(), "--report", "json"])
+            .args(extra)
             .current_dir(dir)
             .output()
             .expect("payments-app runs")
@@ -107,6 +112,65 @@ fn run(scale: Scale) -> Vec<Row> {
         ));
     }
     rows
+}
+
+/// `consume` into the memory store with metrics on (`--metrics-addr`: the observer, the
+/// instrumented store, the endpoint) beside the same run with metrics off, alternated so that
+/// the machine's noise falls on both alike, medians compared. Two rows: deliveries per second of
+/// wall clock, and per second of CPU (user and system) that the process used. The CPU row is the
+/// overhead's measure: on a shared 2-core machine single runs' wall clocks swing by a third,
+/// while the CPU a run needs holds still.
+fn metrics(scale: Scale) -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let lines = scale.pick(1_000_000, 1_000_000);
+    let input = dir.path().join("input.jsonl");
+    write_input(&input, lines);
+    let rounds = scale.pick(3, 9);
+    let (mut off, mut on, mut off_cpu, mut on_cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        let before = children_cpu_seconds();
+        off.push(consume(dir.path(), "memory", &input).1);
+        let between = children_cpu_seconds();
+        let (report, per_sec) =
+            consume_with(dir.path(), "memory", &input, &["--metrics-addr", "127.0.0.1:0"]);
+        let after = children_cpu_seconds();
+        assert_eq!(report["applied"].as_u64(), Some((lines * 4 / 5) as u64), "{report}");
+        on.push(per_sec);
+        off_cpu.push(rate(lines, Duration::from_secs_f64(between - before)));
+        on_cpu.push(rate(lines, Duration::from_secs_f64(after - between)));
+    }
+    let note = format!("{lines} lines, median of {rounds} alternated runs each");
+    vec![
+        Row::new(
+            "consume.memory.metrics",
+            median(&mut on),
+            &mut Latencies::default(),
+            "consume.memory with metrics off, same run",
+            Some(median(&mut off)),
+            Target::None,
+            format!("{note}; wall clock incl. process start"),
+        ),
+        Row::new(
+            "consume.memory.metrics.cpu",
+            median(&mut on_cpu),
+            &mut Latencies::default(),
+            "consume.memory with metrics off, same run",
+            Some(median(&mut off_cpu)),
+            Target::Ratio(0.95),
+            format!("{note}; deliveries per CPU second (user + system) of the process"),
+        ),
+    ]
+}
+
+/// The CPU time (user and system) of this process's children that have been waited for, in
+/// seconds: fields 16 and 17 of `/proc/self/stat`, in clock ticks of 1/100 s (Linux's USER_HZ).
+fn children_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+    // The command name, in parentheses, may hold spaces: count fields after its closing one.
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    // Field 3 (state) is the first after the name: field n is at index n - 3.
+    let ticks = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok()).expect("a clock-tick field");
+    (ticks(16) + ticks(17)) as f64 / 100.0
 }
 
 /// How long a broker consume waits, idle, before it ends: taken off its wall clock.

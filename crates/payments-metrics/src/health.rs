@@ -106,7 +106,7 @@ impl Health {
     }
 
     fn set(&self, check: &Check, up: bool) {
-        if check.up.swap(up, Ordering::Relaxed) != up {
+        if check.up() != up && check.up.swap(up, Ordering::Relaxed) != up {
             check.since_ms.store(self.now_ms(), Ordering::Relaxed);
         }
     }

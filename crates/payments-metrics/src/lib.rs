@@ -13,6 +13,7 @@
 //! No label ever carries a payment or message ID: the observer port does not even hand them over.
 
 mod health;
+mod histogram;
 mod metrics;
 mod server;
 mod store;

@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use payments_ports::{DeadLetterKind, Observer, Outcome, RetryCause};
@@ -17,18 +17,18 @@ use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::health::Health;
+use crate::histogram::AtomicHistogram;
 use crate::store::StoreMetrics;
 
 /// The OpenTelemetry messaging conventions' buckets for `messaging.process.duration`, in seconds.
-pub const PROCESS_DURATION_BUCKETS: [f64; 14] =
+pub static PROCESS_DURATION_BUCKETS: [f64; 14] =
     [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 /// Buckets for the attempt number of each delivery: a first delivery is 1.
-const ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
+static ATTEMPT_BUCKETS: [f64; 8] = [1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0];
 
 /// Every outcome a delivery can have, in the order their series are made.
 const OUTCOMES: [Outcome; 7] = [
@@ -94,7 +94,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 struct PerOutcome {
     outcome: Outcome,
     deliveries: Counter,
-    process: Histogram,
+    process: AtomicHistogram,
 }
 
 /// Every metric of one consumer, and the health its reports feed.
@@ -104,15 +104,17 @@ pub struct Metrics {
     consumed: Counter,
     outcomes: Vec<PerOutcome>,
     deliveries: Family<Named, Counter>,
-    process: Family<MessagingLabels, Histogram, fn() -> Histogram>,
+    process: Family<MessagingLabels, AtomicHistogram, fn() -> AtomicHistogram>,
     destination: Arc<Destination>,
     retries: Family<Named, Counter>,
     retry_counters: [(RetryCause, Counter); 2],
     dead_letters: Family<Named, Counter>,
     dead_letter_failures: Family<Named, Counter>,
-    attempts: Histogram,
+    attempts: AtomicHistogram,
     oldest_in_flight: FloatGauge,
     last_delivery: FloatGauge,
+    /// Set when a delivery is settled; the heartbeat stamps `last_delivery` and clears it.
+    settled_since_beat: AtomicBool,
     source_up: Gauge,
     source_waiting: Family<MessagingLabels, Gauge>,
     source_unacknowledged: Family<MessagingLabels, Gauge>,
@@ -125,8 +127,8 @@ impl fmt::Debug for Metrics {
     }
 }
 
-fn process_histogram() -> Histogram {
-    Histogram::new(PROCESS_DURATION_BUCKETS)
+fn process_histogram() -> AtomicHistogram {
+    AtomicHistogram::seconds(&PROCESS_DURATION_BUCKETS)
 }
 
 impl Metrics {
@@ -141,9 +143,10 @@ impl Metrics {
             "Messages delivered to the consumer (OpenTelemetry messaging.client.consumed.messages)",
             consumed.clone(),
         );
-        let process = Family::<MessagingLabels, Histogram, fn() -> Histogram>::new_with_constructor(
-            process_histogram as fn() -> Histogram,
-        );
+        let process =
+            Family::<MessagingLabels, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
+                process_histogram as fn() -> AtomicHistogram,
+            );
         registry.register_with_unit(
             "messaging_process_duration",
             "Time from a delivery's arrival to its settlement (OpenTelemetry messaging.process.duration); \
@@ -172,7 +175,7 @@ impl Metrics {
             "Dead letters that could not be written (the delivery is retried or the consumer stops), by kind",
             dead_letter_failures.clone(),
         );
-        let attempts = Histogram::new(ATTEMPT_BUCKETS);
+        let attempts = AtomicHistogram::counts(&ATTEMPT_BUCKETS);
         registry.register(
             "payments_delivery_attempts",
             "The attempt number of each delivery, as the source counts it (1 for a first delivery)",
@@ -188,7 +191,7 @@ impl Metrics {
         let last_delivery = FloatGauge::default();
         registry.register_with_unit(
             "payments_last_delivery_timestamp",
-            "When the last delivery was settled, in seconds since the Unix epoch; 0 before the first",
+            "When the last delivery was settled (to the second), in seconds since the Unix epoch; 0 before the first",
             Unit::Seconds,
             last_delivery.clone(),
         );
@@ -253,6 +256,7 @@ impl Metrics {
             attempts,
             oldest_in_flight,
             last_delivery,
+            settled_since_beat: AtomicBool::new(false),
             source_up,
             source_waiting,
             source_unacknowledged,
@@ -319,14 +323,14 @@ const fn error_type(outcome: Outcome) -> Option<&'static str> {
 impl Observer for Metrics {
     fn delivered(&self, attempt: u32) {
         self.consumed.inc();
-        self.attempts.observe(f64::from(attempt));
+        self.attempts.observe_count(u64::from(attempt));
     }
 
     fn settled(&self, outcome: Outcome, took: Duration) {
         match self.per_outcome(outcome) {
             Some(per) => {
                 per.deliveries.inc();
-                per.process.observe(took.as_secs_f64());
+                per.process.observe_duration(took);
             }
             // An outcome added to the port after this adapter was written still counts.
             None => {
@@ -335,12 +339,12 @@ impl Observer for Metrics {
                     destination: Arc::clone(&self.destination),
                     error_type: error_type(outcome),
                 };
-                self.process.get_or_create(&labels).observe(took.as_secs_f64());
+                self.process.get_or_create(&labels).observe_duration(took);
             }
         }
-        if outcome.acknowledged() {
-            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-            self.last_delivery.set(now.as_secs_f64());
+        // Turned into a time by the next heartbeat: a clock read per second, not per delivery.
+        if outcome.acknowledged() && !self.settled_since_beat.load(Ordering::Relaxed) {
+            self.settled_since_beat.store(true, Ordering::Relaxed);
         }
     }
 
@@ -362,6 +366,10 @@ impl Observer for Metrics {
 
     fn heartbeat(&self, oldest: Option<Duration>) {
         self.oldest_in_flight.set(oldest.unwrap_or_default().as_secs_f64());
+        if self.settled_since_beat.swap(false, Ordering::Relaxed) {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            self.last_delivery.set(now.as_secs_f64());
+        }
         self.health.beat();
     }
 
