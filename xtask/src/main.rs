@@ -1,11 +1,13 @@
 //! `cargo xtask`: the project's automation, in Rust so that it runs wherever cargo does.
 //!
 //! ```text
-//! cargo xtask test                        fmt, clippy, architecture, every test, conformance matrix
+//! cargo xtask test                        fmt, clippy, architecture, docs, alert rules, every test, conformance matrix
 //! cargo xtask conformance [--adapter NAME] only the conformance suite, with its matrix
 //! cargo xtask arch                        only the architecture invariants
+//! cargo xtask alerts                      only the alert rules (promtool check and test)
+//! cargo xtask docs                        only the docs that quote code and the usage texts
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
-//! cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]   SIGKILL torture, with its check
+//! cargo xtask crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]   SIGKILL torture, with its check
 //! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
 //! cargo xtask new-adapter <backend> [--kind store|source]   a new adapter crate, ready for its suite
 //! ```
@@ -13,6 +15,7 @@
 // A command-line tool reports on stdout and stderr by design.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
+mod alerts;
 mod arch;
 mod conformance;
 mod docs;
@@ -30,14 +33,17 @@ usage: cargo xtask <command>
 
 commands:
   test                          formatting, clippy (warnings denied), architecture invariants,
-                                every test in the workspace, the conformance matrix, then a
+                                docs that quote code, the alert rules (promtool), every test in
+                                the workspace, the conformance matrix, then a
                                 scaffolded store and source, whose suites must fail every case
   conformance [--adapter NAME]  only the conformance suite of every adapter (or of one), with the matrix
   arch                          only the architecture invariants, read from cargo metadata
+  alerts                        only the alert rules: promtool check rules and test rules
+  docs                          only the docs that quote code, and the usage texts against --help
   bench [--quick] [--json PATH] every benchmark scenario beside its raw baseline, measured in the same
                                 run (table on stdout, rows as JSON with --json), then the criterion
                                 micro-benchmarks of the domain; --quick keeps it to about five minutes
-  crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]
+  crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]
                                 SIGKILLs payments-app consume at random moments, restarts it, and checks
                                 the store against the input (default: every store of the app's table
                                 that outlives its process, 100 kills, 100,000 payments; cargo xtask
@@ -91,6 +97,14 @@ fn run(args: &[String]) -> anyhow::Result<()> {
         "arch" => {
             no_more_args(rest)?;
             arch::check(&metadata::Workspace::load()?)
+        }
+        "alerts" => {
+            no_more_args(rest)?;
+            alerts::check()
+        }
+        "docs" => {
+            no_more_args(rest)?;
+            docs::check()
         }
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -179,7 +193,7 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
     shell::step("micro-benchmarks (criterion)", &mut micro)
 }
 
-/// `cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]`: the crash test, sized
+/// `cargo xtask crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]`: the crash test, sized
 /// for the documented figures unless told otherwise, on a release build.
 fn crash(rest: &[String]) -> anyhow::Result<()> {
     let mut args: Vec<String> = vec![
@@ -198,7 +212,7 @@ fn crash(rest: &[String]) -> anyhow::Result<()> {
             ["--store", "--source", "--kills", "--payments"].iter().position(|known| known == flag)
         else {
             bail!(
-                "unknown crash option `{flag}`; usage: cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]"
+                "unknown crash option `{flag}`; usage: cargo xtask crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]"
             );
         };
         let Some(value) = given.next() else { bail!("{flag} needs a value") };
@@ -229,6 +243,7 @@ fn test() -> anyhow::Result<()> {
     arch::check(&workspace)?;
     shell::section("docs that quote code");
     docs::check()?;
+    alerts::check()?;
     let reports = conformance::ReportDir::new()?;
     shell::step(
         "tests",
