@@ -115,7 +115,7 @@ fn run(scale: Scale) -> Vec<Row> {
 }
 
 /// `consume` into the memory store with metrics on (`--metrics-addr`: the observer, the
-/// instrumented store, the endpoint) beside the same run with metrics off, alternated so that
+/// timed saves, the endpoint) beside the same run with metrics off, alternated so that
 /// the machine's noise falls on both alike, medians compared. Two rows: deliveries per second of
 /// wall clock, and per second of CPU (user and system) that the process used. The CPU row is the
 /// overhead's measure: on a shared 2-core machine single runs' wall clocks swing by a third,

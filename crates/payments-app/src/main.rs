@@ -90,7 +90,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     if let Some(address) = operations.address() {
         say(&format!("serving /metrics, /livez and /readyz on http://{address}"));
     }
-    let repository = operations.instrument(args.store.open().await?);
+    let repository = args.store.open().await?;
     let dead_letter_spec = args.dead_letter.clone().unwrap_or_else(|| args.store.default_dead_letters());
     let dead_letters = dead_letter_spec.open().await?;
     let concurrency = usize::from(args.concurrency.concurrency);

@@ -266,9 +266,11 @@ impl Consumer {
         Self { handler, dead_letters, config, observer: Arc::new(Unobserved) }
     }
 
-    /// The same consumer, reporting what it does to `observer`.
+    /// The same consumer, reporting what it does to `observer`, and its handler how long each
+    /// save took.
     #[must_use]
     pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.handler = self.handler.with_observer(Arc::clone(&observer));
         self.observer = observer;
         self
     }

@@ -14,9 +14,12 @@
 //! store outage is never the message's fault, so it is never dead-lettered for it.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use payments_ports::domain::{Conflict, InvalidEvent, Payment, PaymentId, SaveOutcome, event};
-use payments_ports::{DeadLetterKind, Outcome, Payload, PaymentsRepository, RepositoryError};
+use payments_ports::{
+    DeadLetterKind, Observer, Outcome, Payload, PaymentsRepository, RepositoryError, StoreAnswer,
+};
 
 /// What the consumer does with a message.
 #[derive(Debug)]
@@ -130,6 +133,8 @@ impl Rejection {
 #[derive(Clone)]
 pub struct Handler {
     repository: Arc<dyn PaymentsRepository>,
+    /// Told how long each save took, when someone watches: unwatched, no clock is read.
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl std::fmt::Debug for Handler {
@@ -141,7 +146,14 @@ impl std::fmt::Debug for Handler {
 impl Handler {
     /// A handler that records payments in `repository`.
     pub fn new(repository: Arc<dyn PaymentsRepository>) -> Self {
-        Self { repository }
+        Self { repository, observer: None }
+    }
+
+    /// The same handler, telling `observer` how long each save took and how it ended.
+    #[must_use]
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = Some(observer);
+        self
     }
 
     /// Handles one message body. Never fails: every way it can end is an [`Action`].
@@ -157,7 +169,15 @@ impl Handler {
         };
         match event::decode(body) {
             Ok(payment) => {
-                let saved = self.repository.save(&payment).await;
+                let saved = match &self.observer {
+                    None => self.repository.save(&payment).await,
+                    Some(observer) => {
+                        let started = Instant::now();
+                        let saved = self.repository.save(&payment).await;
+                        observer.saved(started.elapsed(), StoreAnswer::of(&saved));
+                        saved
+                    }
+                };
                 Action::after_save(payment, saved)
             }
             Err(invalid) => Action::DeadLetter(Rejection::Invalid(invalid)),
@@ -213,6 +233,42 @@ mod tests {
         let conflict = rejection.into_conflict().expect("both versions");
         assert_eq!(conflict.stored.amount.minor_units(), 5);
         assert_eq!(conflict.incoming, pay_1());
+    }
+
+    /// Records what a handler reports about its saves.
+    #[derive(Default)]
+    struct SavesSeen(std::sync::Mutex<Vec<StoreAnswer>>);
+
+    impl Observer for SavesSeen {
+        fn saved(&self, took: std::time::Duration, answer: StoreAnswer) {
+            assert!(took < std::time::Duration::from_secs(60), "a plausible time: {took:?}");
+            self.0.lock().expect("not poisoned").push(answer);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watched_handler_reports_each_save_and_how_it_ended() {
+        let answers = [
+            Ok(SaveOutcome::New),
+            Ok(SaveOutcome::Duplicate),
+            Err(RepositoryError::unavailable("down")),
+            Err(RepositoryError::failed("refused")),
+        ];
+        let mut repository = MockPaymentsRepository::new();
+        let mut script = answers.into_iter();
+        repository.expect_save().times(4).returning(move |_| script.next().expect("four saves"));
+        let seen = Arc::new(SavesSeen::default());
+        let handler =
+            Handler::new(Arc::new(repository)).with_observer(Arc::clone(&seen) as Arc<dyn Observer>);
+        for _ in 0..4 {
+            handler.handle(&body(EVENT)).await;
+        }
+        // An invalid message never reaches the store, so it reports no save.
+        handler.handle(&body(b"not json")).await;
+        assert_eq!(
+            *seen.0.lock().expect("not poisoned"),
+            [StoreAnswer::Answered, StoreAnswer::Answered, StoreAnswer::Unavailable, StoreAnswer::Failed]
+        );
     }
 
     #[tokio::test]

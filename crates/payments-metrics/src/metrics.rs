@@ -1,5 +1,5 @@
 //! The registry and every metric in it: [`Metrics`], which the consumer reports to as its
-//! [`Observer`], and which [`Metrics::instrument`] puts around the store.
+//! [`Observer`] (the time of each save included).
 //!
 //! Names follow the OpenTelemetry messaging conventions, translated to Prometheus, where one
 //! exists (`messaging_client_consumed_messages_total`, `messaging_process_duration_seconds`); the
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use payments_ports::{DeadLetterKind, Observer, Outcome, RetryCause};
+use payments_ports::{DeadLetterKind, Observer, Outcome, RetryCause, StoreAnswer};
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,7 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::health::Health;
 use crate::histogram::AtomicHistogram;
-use crate::store::StoreMetrics;
+use crate::store::{Operation, StoreMeter};
 
 /// The OpenTelemetry messaging conventions' buckets for `messaging.process.duration`, in seconds.
 pub static PROCESS_DURATION_BUCKETS: [f64; 14] =
@@ -118,7 +118,7 @@ pub struct Metrics {
     source_up: Gauge,
     source_waiting: Family<MessagingLabels, Gauge>,
     source_unacknowledged: Family<MessagingLabels, Gauge>,
-    pub(crate) stores: StoreMetrics,
+    store: StoreMeter,
 }
 
 impl fmt::Debug for Metrics {
@@ -132,8 +132,9 @@ fn process_histogram() -> AtomicHistogram {
 }
 
 impl Metrics {
-    /// The metrics of a consumer reading from `destination`, in a registry of their own.
-    pub fn new(destination: Destination) -> Self {
+    /// The metrics of a consumer reading from `destination` into the store called `store` (the
+    /// `store` label: `file`, `postgres`, …), in a registry of their own.
+    pub fn new(destination: Destination, store: &str) -> Self {
         let destination = Arc::new(destination);
         let mut registry = Registry::default();
 
@@ -215,7 +216,7 @@ impl Metrics {
              them (absent where it cannot tell)",
             source_unacknowledged.clone(),
         );
-        let stores = StoreMetrics::register(&mut registry);
+        let store = StoreMeter::register(&mut registry, store);
 
         let messaging = |error_type| MessagingLabels { destination: Arc::clone(&destination), error_type };
         let consumed = consumed.get_or_create_owned(&messaging(None));
@@ -260,8 +261,13 @@ impl Metrics {
             source_up,
             source_waiting,
             source_unacknowledged,
-            stores,
+            store,
         }
+    }
+
+    /// Records a ping of the store: how long it took and how it ended.
+    pub fn store_pinged(&self, took: Duration, answer: StoreAnswer) {
+        self.store.record(Operation::Ping, took, answer, &self.health);
     }
 
     /// The health checks these metrics feed.
@@ -346,6 +352,10 @@ impl Observer for Metrics {
         if outcome.acknowledged() && !self.settled_since_beat.load(Ordering::Relaxed) {
             self.settled_since_beat.store(true, Ordering::Relaxed);
         }
+    }
+
+    fn saved(&self, took: Duration, answer: StoreAnswer) {
+        self.store.record(Operation::Save, took, answer, &self.health);
     }
 
     fn retrying(&self, cause: RetryCause) {

@@ -2,19 +2,19 @@
 //! and how much waits on the broker. [`watch`] asks both on a schedule of its own.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use payments_ports::{BacklogProbe, PaymentsRepository, error_chain};
+use payments_ports::{BacklogProbe, PaymentsRepository, RepositoryError, StoreAnswer, error_chain};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::Metrics;
 
 /// How long one ping or backlog question may take before it counts as unanswered.
-pub(crate) const ANSWER_WITHIN: Duration = Duration::from_secs(5);
+const ANSWER_WITHIN: Duration = Duration::from_secs(5);
 
-/// Every `every`, pings `store` (pass the instrumented one, so that its answer reaches
-/// `payments_store_up` and readiness) and asks `probe`, if any, for the backlog; until `stop`.
+/// Every `every`, pings `store` (its time and answer go to `payments_store_*` and readiness) and
+/// asks `probe`, if any, for the backlog; until `stop`.
 pub fn watch(
     metrics: Arc<Metrics>,
     store: Arc<dyn PaymentsRepository>,
@@ -30,9 +30,18 @@ pub fn watch(
                 () = stop.cancelled() => return,
                 _ = ticks.tick() => {}
             }
-            // The instrumented store records the answer; a ping that does not come back in time
-            // is unavailable, as a failed one.
-            let _ = store.ping().await;
+            // A ping that does not come back in time is unavailable.
+            let started = Instant::now();
+            let pinged = match tokio::time::timeout(ANSWER_WITHIN, store.ping()).await {
+                Ok(pinged) => pinged,
+                Err(_) => Err(RepositoryError::unavailable(format!(
+                    "the store did not answer a ping within {ANSWER_WITHIN:?}"
+                ))),
+            };
+            if let Err(err) = &pinged {
+                tracing::debug!(error = %error_chain(err), "pinging the store failed");
+            }
+            metrics.store_pinged(started.elapsed(), StoreAnswer::of(&pinged));
             let Some(probe) = &probe else { continue };
             match tokio::time::timeout(ANSWER_WITHIN, probe.backlog()).await {
                 Ok(Ok(backlog)) => {

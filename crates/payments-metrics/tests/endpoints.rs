@@ -7,10 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use payments_metrics::{Destination, Endpoints, Metrics, PROCESS_DURATION_BUCKETS};
-use payments_ports::domain::{Payment, SaveOutcome};
 use payments_ports::{
-    Backlog, BacklogProbe, DeadLetterKind, MockPaymentsRepository, Observer, Outcome, RepositoryError,
-    RetryCause, SourceError,
+    Backlog, BacklogProbe, DeadLetterKind, MockPaymentsRepository, Observer, Outcome, PaymentsRepository,
+    RepositoryError, RetryCause, SourceError, StoreAnswer,
 };
 use payments_test_support::scrape::{self, Response, Samples};
 use tokio::net::TcpListener;
@@ -49,13 +48,9 @@ fn bucket(samples: &Samples, name: &str, labels: &[(&str, &str)], le: f64) -> f6
     sample.value
 }
 
-fn pay(id: &str) -> Payment {
-    Payment::parse(id, 100, "EUR").expect("valid")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_report_of_the_consumer_shows_in_the_scrape_under_the_conventional_names() {
-    let metrics = Arc::new(Metrics::new(destination()));
+    let metrics = Arc::new(Metrics::new(destination(), "postgres"));
     metrics.delivered(1);
     metrics.settled(Outcome::Applied, Duration::from_millis(3));
     metrics.delivered(1);
@@ -130,47 +125,40 @@ async fn every_report_of_the_consumer_shows_in_the_scrape_under_the_conventional
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_instrumented_store_times_every_operation_counts_errors_and_says_whether_the_store_is_up() {
-    let metrics = Arc::new(Metrics::new(destination()));
-    let down = Arc::new(AtomicBool::new(false));
-    let mut mock = MockPaymentsRepository::new();
-    let is_down = Arc::clone(&down);
-    mock.expect_save().returning(move |_| {
-        if is_down.load(Ordering::SeqCst) {
-            Err(RepositoryError::unavailable("down"))
-        } else {
-            Ok(SaveOutcome::New)
-        }
-    });
-    mock.expect_count().returning(|| Err(RepositoryError::failed("poisoned")));
-    let store = metrics.instrument("postgres", Arc::new(mock));
+async fn saves_are_timed_errors_counted_by_type_and_the_store_is_up_while_it_answers() {
+    let metrics = Arc::new(Metrics::new(destination(), "postgres"));
     metrics.health().mark_started();
     let (endpoints, stop) = serve(&metrics).await;
     let address = endpoints.address();
 
-    assert!(store.save(&pay("a")).await.is_ok());
+    metrics.saved(Duration::from_micros(300), StoreAnswer::Answered);
     let samples = scrape_metrics(address).await;
     assert_eq!(samples.value("payments_store_up", &[("store", "postgres")]), Some(1.0));
     assert_eq!(get(address, "/readyz", None).await.status, 200);
+    for error_type in ["unavailable", "failed"] {
+        assert_eq!(
+            samples
+                .value("payments_store_errors_total", &[("operation", "save"), ("error_type", error_type)]),
+            Some(0.0),
+            "every error series exists from the start, so that increase() sees the first"
+        );
+    }
 
-    down.store(true, Ordering::SeqCst);
-    assert!(store.save(&pay("b")).await.is_err());
-    assert!(store.count().await.is_err());
+    metrics.saved(Duration::from_secs(3), StoreAnswer::Unavailable);
+    metrics.store_pinged(Duration::from_millis(2), StoreAnswer::Failed);
     let samples = scrape_metrics(address).await;
     assert_eq!(samples.value("payments_store_up", &[("store", "postgres")]), Some(0.0));
-    assert_eq!(
-        samples.value(
-            "payments_store_operation_duration_seconds_count",
-            &[("store", "postgres"), ("operation", "save")]
-        ),
-        Some(2.0)
-    );
+    let save = [("store", "postgres"), ("operation", "save")];
+    assert_eq!(samples.value("payments_store_operation_duration_seconds_count", &save), Some(2.0));
+    assert_eq!(bucket(&samples, "payments_store_operation_duration_seconds_bucket", &save, 0.0005), 1.0);
+    assert_eq!(bucket(&samples, "payments_store_operation_duration_seconds_bucket", &save, 2.5), 1.0);
+    assert_eq!(bucket(&samples, "payments_store_operation_duration_seconds_bucket", &save, 5.0), 2.0);
     assert_eq!(
         samples.value("payments_store_errors_total", &[("operation", "save"), ("error_type", "unavailable")]),
         Some(1.0)
     );
     assert_eq!(
-        samples.value("payments_store_errors_total", &[("operation", "count"), ("error_type", "failed")]),
+        samples.value("payments_store_errors_total", &[("operation", "ping"), ("error_type", "failed")]),
         Some(1.0)
     );
     let ready = get(address, "/readyz", None).await;
@@ -179,8 +167,7 @@ async fn the_instrumented_store_times_every_operation_counts_errors_and_says_whe
     let live = get(address, "/livez", None).await;
     assert_eq!(live.status, 200, "a store outage is not a reason to restart: {}", live.body);
 
-    down.store(false, Ordering::SeqCst);
-    assert!(store.save(&pay("b")).await.is_ok());
+    metrics.saved(Duration::from_micros(300), StoreAnswer::Answered);
     assert_eq!(get(address, "/readyz", None).await.status, 200);
     stop.cancel();
     endpoints.stopped().await;
@@ -210,14 +197,14 @@ async fn eventually(what: &str, mut probe: impl AsyncFnMut() -> bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watch_pings_an_idle_store_and_asks_the_broker_for_its_backlog() {
-    let metrics = Arc::new(Metrics::new(destination()));
+    let metrics = Arc::new(Metrics::new(destination(), "postgres"));
     let store_up = Arc::new(AtomicBool::new(false));
     let mut mock = MockPaymentsRepository::new();
     let up = Arc::clone(&store_up);
     mock.expect_ping().returning(move || {
         if up.load(Ordering::SeqCst) { Ok(()) } else { Err(RepositoryError::unavailable("down")) }
     });
-    let store = metrics.instrument("file", Arc::new(mock));
+    let store: Arc<dyn PaymentsRepository> = Arc::new(mock);
     let probe = Arc::new(ScriptedProbe(AtomicBool::new(false)));
     metrics.health().mark_started();
     let stop = CancellationToken::new();
@@ -244,6 +231,9 @@ async fn the_watch_pings_an_idle_store_and_asks_the_broker_for_its_backlog() {
             && samples.value("payments_source_up", &[]) == Some(1.0)
             && samples.value("payments_source_backlog_messages", &[]) == Some(7.0)
             && samples.value("payments_source_unacknowledged_messages", &[]) == Some(3.0)
+            && samples
+                .value("payments_store_operation_duration_seconds_count", &[("operation", "ping")])
+                .is_some_and(|pings| pings >= 2.0)
     })
     .await;
     stop.cancel();
@@ -254,7 +244,7 @@ async fn the_watch_pings_an_idle_store_and_asks_the_broker_for_its_backlog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_endpoints_speak_openmetrics_when_asked_and_refuse_what_they_do_not_serve() {
-    let metrics = Arc::new(Metrics::new(destination()));
+    let metrics = Arc::new(Metrics::new(destination(), "postgres"));
     let (endpoints, stop) = serve(&metrics).await;
     let address = endpoints.address();
 

@@ -25,7 +25,7 @@ pub mod testing;
 #[cfg(any(test, feature = "mock"))]
 pub use dead_letter::MockDeadLetterSink;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
-pub use observer::{Backlog, BacklogProbe, Observer, Outcome, RetryCause, Unobserved};
+pub use observer::{Backlog, BacklogProbe, Observer, Outcome, RetryCause, StoreAnswer, Unobserved};
 pub use publisher::{OutgoingMessage, PublishError, Publisher};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockPaymentsRepository;

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::DeadLetterKind;
 use crate::source::SourceError;
+use crate::{DeadLetterKind, RepositoryError};
 
 /// What became of one delivery.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -73,6 +73,38 @@ impl RetryCause {
     }
 }
 
+/// How a store operation ended, as metrics tell it apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StoreAnswer {
+    /// The store answered (whatever it answered: new, duplicate or conflict).
+    Answered,
+    /// The store could not be reached: retried.
+    Unavailable,
+    /// The store refused for good: the consumer stops.
+    Failed,
+}
+
+impl StoreAnswer {
+    /// How `result` ended.
+    pub fn of<T>(result: &Result<T, RepositoryError>) -> Self {
+        match result {
+            Ok(_) => Self::Answered,
+            Err(err) if err.is_unavailable() => Self::Unavailable,
+            Err(_) => Self::Failed,
+        }
+    }
+
+    /// The name of a failure in metrics (`unavailable`, `failed`); `None` for an answer.
+    pub const fn error_type(self) -> Option<&'static str> {
+        match self {
+            Self::Answered => None,
+            Self::Unavailable => Some("unavailable"),
+            Self::Failed => Some("failed"),
+        }
+    }
+}
+
 /// Watches the consumer work. Every method has a default that does nothing, and is called on the
 /// consumer's own tasks: it must be quick and must not block.
 pub trait Observer: Send + Sync {
@@ -84,6 +116,13 @@ pub trait Observer: Send + Sync {
     /// A delivery ended, `took` after it arrived.
     fn settled(&self, outcome: Outcome, took: Duration) {
         let _ = (outcome, took);
+    }
+
+    /// A save reached the store and came back `took` later, with `answer`. Reported by the use
+    /// case, which times the call itself: a decorator around the store would cost every save a
+    /// boxed future of its own.
+    fn saved(&self, took: Duration, answer: StoreAnswer) {
+        let _ = (took, answer);
     }
 
     /// A delivery will be handled again after a backoff.

@@ -1,5 +1,6 @@
 //! `--metrics-addr`: the metrics adapter wired around a run. Off, it is nothing at all: no
-//! observer, no instrumented store, no endpoint, so that a run without metrics pays nothing.
+//! observer (so no clock read around a save), no endpoint, so that a run without metrics pays
+//! nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +23,6 @@ pub struct Operations(Option<Active>);
 #[derive(Debug)]
 struct Active {
     metrics: Arc<Metrics>,
-    store: String,
     endpoints: Endpoints,
     watch: Option<JoinHandle<()>>,
     stop: CancellationToken,
@@ -43,11 +43,11 @@ impl Operations {
         let Some(address) = address else { return Ok(Self(None)) };
         let failed = |source: BoxError| OpenError::Metrics { address: address.to_owned(), source };
         let listener = TcpListener::bind(address).await.map_err(|err| failed(err.into()))?;
-        let metrics = Arc::new(Metrics::new(input.destination()));
+        let metrics = Arc::new(Metrics::new(input.destination(), store.entry().name));
         let stop = CancellationToken::new();
         let endpoints = Endpoints::serve(listener, Arc::clone(&metrics), stop.clone())
             .map_err(|err| failed(err.into()))?;
-        Ok(Self(Some(Active { metrics, store: store.entry().name.to_owned(), endpoints, watch: None, stop })))
+        Ok(Self(Some(Active { metrics, endpoints, watch: None, stop })))
     }
 
     /// Where the endpoints listen, when they do.
@@ -55,21 +55,14 @@ impl Operations {
         self.0.as_ref().map(|active| active.endpoints.address())
     }
 
-    /// `store`, measured when metrics are on.
-    pub fn instrument(&self, store: Arc<dyn PaymentsRepository>) -> Arc<dyn PaymentsRepository> {
-        match &self.0 {
-            Some(active) => active.metrics.instrument(&active.store, store),
-            None => store,
-        }
-    }
-
-    /// What the consumer reports to, when metrics are on.
+    /// What the consumer reports to, when metrics are on: every delivery, and the time of every
+    /// save.
     pub fn observer(&self) -> Option<Arc<dyn Observer>> {
         self.0.as_ref().map(|active| Arc::clone(&active.metrics) as Arc<dyn Observer>)
     }
 
-    /// Start-up is done: the store (pass the instrumented one) and the source are open. Readiness
-    /// may pass from now on, and the store and the broker are watched.
+    /// Start-up is done: the store and the source are open. Readiness may pass from now on, and
+    /// the store and the broker are watched.
     pub fn started(&mut self, store: Arc<dyn PaymentsRepository>, probe: Option<Arc<dyn BacklogProbe>>) {
         let Some(active) = &mut self.0 else { return };
         active.metrics.set_source_up(true);
