@@ -3,12 +3,13 @@
 //!
 //! ```text
 //! cargo test -p payments-app --test crash                     the reduced run (10 kills per store and source)
-//! cargo xtask crash [--store NAME|all] [--source lines|redis|all] [--kills N] [--payments M]
+//! cargo xtask crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]
 //! ```
 //!
 //! With `--source lines` (a file of JSON lines, redelivered by the test from a little before the
-//! first payment not recorded) it is described below. With a broker (`--source redis`) the input
-//! is published to it, and consumer processes read it in one group: see `crash/broker.rs`.
+//! first payment not recorded) it is described below. With a broker (`--source redis`, `nats` or
+//! `rabbitmq`) the input is published to it, and consumer processes read it in one group: see
+//! `crash/broker.rs`.
 //!
 //! Every store of the app's table (`payments_app::adapters::STORES`) that outlives its process is
 //! tortured, on a fresh place of its own: a temporary directory, or a schema or database on its
@@ -62,7 +63,7 @@ struct Options {
 }
 
 /// Where deliveries come from: a file the test redelivers itself, or a broker.
-const SOURCES: &[&str] = &["lines", "redis"];
+const SOURCES: &[&str] = &["lines", "redis", "nats", "rabbitmq"];
 
 /// The stores that outlive their process: the ones a crash can test.
 fn durable_stores() -> impl Iterator<Item = &'static StoreEntry> {
@@ -140,21 +141,35 @@ fn torture_store(
     source: &str,
     options: &Options,
 ) -> Result<String, String> {
-    match source {
-        "redis" => {
-            match runtime.block_on(payments_test_support::redis::gate()) {
-                Gate::Run => {}
-                Gate::Skip(reason) => return Ok(format!("SKIPPED: {reason}")),
-                Gate::Fail(reason) => return Err(reason),
-            }
-            let redis = broker::Redis::new()?;
-            let result = on_store(runtime, entry, |spec, dir, progress| {
-                broker::torture(spec, entry.shared, dir, options, progress, &redis)
-            });
-            redis.remove()?;
-            result
+    // A broker's source runs if its server answers: skipped otherwise (failed under CI=true).
+    let gate = runtime.block_on(async {
+        match source {
+            "redis" => Some(payments_test_support::redis::gate().await),
+            "nats" => Some(payments_test_support::nats::gate().await),
+            "rabbitmq" => Some(payments_test_support::rabbitmq::gate().await),
+            _ => None,
         }
-        _ => on_store(runtime, entry, |spec, dir, progress| torture(spec, dir, options, progress)),
+    });
+    match gate {
+        None => return on_store(runtime, entry, |spec, dir, progress| torture(spec, dir, options, progress)),
+        Some(Gate::Run) => {}
+        Some(Gate::Skip(reason)) => return Ok(format!("SKIPPED: {reason}")),
+        Some(Gate::Fail(reason)) => return Err(reason),
+    }
+    let broker: Box<dyn broker::Broker> = match source {
+        "redis" => Box::new(broker::Redis::new()?),
+        "nats" => Box::new(broker::Nats::new()?),
+        _ => Box::new(broker::Rabbit::new()?),
+    };
+    let result = on_store(runtime, entry, |spec, dir, progress| {
+        broker::torture(spec, entry.shared, dir, options, progress, broker.as_ref())
+    });
+    match (result, broker.remove()) {
+        (result, Ok(())) => result,
+        (Ok(_), Err(err)) => Err(format!("removing what the torture made on {source}: {err}")),
+        (Err(failed), Err(err)) => {
+            Err(format!("{failed}; and removing what the torture made on {source}: {err}"))
+        }
     }
 }
 

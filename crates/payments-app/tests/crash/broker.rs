@@ -1,7 +1,9 @@
 //! Crash torture against a real broker: the input is published to it, consumer processes read it
 //! (several in one group on a store that several processes share, one at a time on the others),
-//! are SIGKILLed at random moments and replaced under new names. At the end nothing may be pending
-//! on the broker, and the store and the dead letters are checked against the input.
+//! are SIGKILLed at random moments and replaced (under new names where the broker names its
+//! consumers: Redis; on NATS the group is one durable consumer, on RabbitMQ the queue itself). At
+//! the end nothing may be pending on the broker, and the store and the dead letters are checked
+//! against the input.
 //!
 //! A broker does not keep order: a payment held by a killed consumer comes back after its lease,
 //! maybe after its conflicting version. So a conflict is checked as first-writer-wins on what the
@@ -24,7 +26,8 @@ pub(crate) trait Broker {
     fn name(&self) -> &'static str;
     /// `publish --to`.
     fn target(&self) -> String;
-    /// `consume --input` for the consumer called `consumer`.
+    /// `consume --input` for the consumer called `consumer` (a broker whose consumers have no
+    /// names of their own ignores it).
     fn input(&self, consumer: &str) -> String;
     /// `consume --dead-letter`.
     fn dead_letters(&self) -> String;
@@ -33,6 +36,8 @@ pub(crate) trait Broker {
     /// Every dead letter written: kind, payload, and for a conflict the stored and the incoming
     /// version's amounts, by payment ID.
     fn letters(&self) -> Result<Vec<Letter>, String>;
+    /// Removes everything the torture made on the broker.
+    fn remove(&self) -> Result<(), String>;
 }
 
 /// A dead letter, as the torture reads it back.
@@ -42,6 +47,22 @@ pub(crate) struct Letter {
     pub(crate) payload: Vec<u8>,
     /// For a conflict: (payment ID, stored amount, incoming amount).
     pub(crate) conflict: Option<(String, u64, u64)>,
+}
+
+impl Letter {
+    /// A letter from its kind, its payload, and for a conflict both versions as `PaymentTaken`
+    /// JSON.
+    fn new(kind: String, payload: Vec<u8>, stored: Option<&[u8]>, incoming: Option<&[u8]>) -> Self {
+        let version = |json: &[u8]| -> Option<(String, u64)> {
+            let value: serde_json::Value = serde_json::from_slice(json).ok()?;
+            Some((value["payment_id"].as_str()?.to_owned(), value["amount"].as_u64()?))
+        };
+        let conflict = match (stored.and_then(version), incoming.and_then(version)) {
+            (Some((id, stored)), Some((_, incoming))) => Some((id, stored, incoming)),
+            _ => None,
+        };
+        Self { kind, payload, conflict }
+    }
 }
 
 /// Malformed lines mixed into the input, one every `INVALID_EVERY` lines.
@@ -110,11 +131,17 @@ pub(crate) fn torture(
     for _ in 0..width {
         running.push(spawn(&mut names)?);
     }
-    // Kill at random moments, spread over the work: the window adapts to how fast it goes.
+    // Kill at random moments, spread over the work: the window adapts to how fast it goes. Each
+    // kill first waits until the consumers are at work again (the store grows): a consumer's
+    // start-up (connecting, declaring its queue or consumer) and, on JetStream, the lease that
+    // its predecessor's deliveries wait out can take longer than the window, and a kill then
+    // would land on no work at all.
     let mut window = Duration::from_millis(100);
     let (mut kills, mut mid_work) = (0, 0);
-    let mut before = progress.now();
+    let mut last = 0;
     while kills < options.kills {
+        let waited = at_work(progress, last, &mut running)?;
+        let before = progress.now();
         let delay = window.mul_f64((random(&state, &mut counter) % 1000) as f64 / 1000.0);
         std::thread::sleep(delay);
         // The consumer that has run longest: it is past its start-up, so the kill lands mid-work.
@@ -132,10 +159,13 @@ pub(crate) fn torture(
         } else {
             window = (window * 3 / 4).max(Duration::from_millis(20));
         }
-        before = now;
+        last = now;
         running.push(spawn(&mut names)?);
         if std::env::var_os("PAYMENTS_CRASH_VERBOSE").is_some() {
-            eprintln!("kill {kills}: after {delay:?}, running {still_running}, progress {now}");
+            eprintln!(
+                "kill {kills}: at work after {waited:?}, killed {delay:?} later, running {still_running}, \
+                 progress {before} -> {now}"
+            );
         }
     }
     // The last consumers run until the broker is drained and they have been idle a while.
@@ -214,6 +244,28 @@ pub(crate) fn torture(
     Ok(report)
 }
 
+/// How long a kill waits for the consumers to be at work before it goes ahead all the same.
+const AT_WORK_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Waits until the store has grown past `last`, or every consumer in `running` has exited, or
+/// [`AT_WORK_PATIENCE`] has passed; returns how long it waited.
+fn at_work(progress: &Progress<'_>, last: u64, running: &mut [Child]) -> Result<Duration, String> {
+    let started = Instant::now();
+    while progress.now() <= last && started.elapsed() < AT_WORK_PATIENCE {
+        let mut exited = 0;
+        for child in running.iter_mut() {
+            if child.try_wait().map_err(|e| e.to_string())?.is_some() {
+                exited += 1;
+            }
+        }
+        if exited == running.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(started.elapsed())
+}
+
 /// Redis Streams: a stream of the torture's own, a consumer group, a dead-letter stream.
 pub(crate) struct Redis {
     keys: payments_test_support::redis::TestKeys,
@@ -221,6 +273,7 @@ pub(crate) struct Redis {
 }
 
 impl Redis {
+    /// Key names of the torture's own (nothing is made on the server yet).
     pub(crate) fn new() -> Result<Self, String> {
         let runtime =
             tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
@@ -240,11 +293,6 @@ impl Redis {
             let mut connection = payments_test_support::redis::connect().await.map_err(|e| e.to_string())?;
             command.query_async(&mut connection).await.map_err(|e| e.to_string())
         })
-    }
-
-    /// Removes the torture's keys.
-    pub(crate) fn remove(&self) -> Result<(), String> {
-        self.runtime.block_on(self.keys.remove()).map(drop).map_err(|e| e.to_string())
     }
 }
 
@@ -291,27 +339,218 @@ impl Broker for Redis {
                 _ => Vec::new(),
             }
         };
-        let amount_of = |json: &[u8]| -> Option<(String, u64)> {
-            let value: serde_json::Value = serde_json::from_slice(json).ok()?;
-            Some((value["payment_id"].as_str()?.to_owned(), value["amount"].as_u64()?))
-        };
         Ok(reply
             .ids
             .iter()
             .map(|entry| {
-                let conflict = match (
-                    amount_of(&text(&entry.map, "stored")),
-                    amount_of(&text(&entry.map, "incoming")),
-                ) {
-                    (Some((id, stored)), Some((_, incoming))) => Some((id, stored, incoming)),
-                    _ => None,
-                };
-                Letter {
-                    kind: String::from_utf8_lossy(&text(&entry.map, "kind")).into_owned(),
-                    payload: text(&entry.map, "payload"),
-                    conflict,
-                }
+                Letter::new(
+                    String::from_utf8_lossy(&text(&entry.map, "kind")).into_owned(),
+                    text(&entry.map, "payload"),
+                    Some(&text(&entry.map, "stored")),
+                    Some(&text(&entry.map, "incoming")),
+                )
             })
             .collect())
+    }
+
+    fn remove(&self) -> Result<(), String> {
+        self.runtime.block_on(self.keys.remove()).map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// The durable consumer every NATS consumer process reads as: JetStream's group.
+const NATS_CONSUMER: &str = "torture";
+
+/// NATS JetStream: a stream of the torture's own, one durable pull consumer that every process
+/// reads as, and a dead-letter stream.
+pub(crate) struct Nats {
+    streams: payments_test_support::nats::TestStreams,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Nats {
+    /// Stream and subject names of the torture's own (nothing is made on the server yet: the
+    /// publisher and the consumers make their streams).
+    pub(crate) fn new() -> Result<Self, String> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        Ok(Self { streams: payments_test_support::nats::TestStreams::new("crash"), runtime })
+    }
+
+    /// `stream=…&subject=…` of the stream called `name`.
+    fn place(&self, name: &str) -> String {
+        format!("stream={}&subject={}", self.streams.stream(name), self.streams.subject(name))
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("{}?{query}", payments_test_support::nats::url())
+    }
+
+    /// The stream called `name`, from a new client of the test server.
+    fn stream(&self, name: &str) -> Result<async_nats::jetstream::stream::Stream, String> {
+        self.runtime.block_on(async {
+            let context = payments_test_support::nats::jetstream().await.map_err(|e| e.to_string())?;
+            context.get_stream(self.streams.stream(name)).await.map_err(|e| e.to_string())
+        })
+    }
+}
+
+impl Broker for Nats {
+    fn name(&self) -> &'static str {
+        "nats"
+    }
+
+    fn target(&self) -> String {
+        self.url(&self.place("payments"))
+    }
+
+    fn input(&self, _consumer: &str) -> String {
+        // One durable consumer for every process: the group. A short lease, so that a killed
+        // consumer's messages come again quickly.
+        self.url(&format!("{}&consumer={NATS_CONSUMER}&ack-wait-ms=1000", self.place("payments")))
+    }
+
+    fn dead_letters(&self) -> String {
+        self.url(&self.place("dead-letters"))
+    }
+
+    fn outstanding(&self) -> Result<u64, String> {
+        let stream = self.stream("payments")?;
+        let info = self.runtime.block_on(stream.consumer_info(NATS_CONSUMER)).map_err(|e| e.to_string())?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    fn letters(&self) -> Result<Vec<Letter>, String> {
+        let mut stream = self.stream("dead-letters")?;
+        self.runtime.block_on(async {
+            let last = stream.info().await.map_err(|e| e.to_string())?.state.last_sequence;
+            let mut letters = Vec::new();
+            // Each letter is a JSON object: see payments-source-nats' `NatsDeadLetters`.
+            for sequence in 1..=last {
+                let message = stream.get_raw_message(sequence).await.map_err(|e| e.to_string())?;
+                let body: serde_json::Value = serde_json::from_slice(&message.payload)
+                    .map_err(|e| format!("dead letter {sequence}: {e}"))?;
+                let payload = base64::Engine::decode(
+                    &base64::engine::general_purpose::STANDARD,
+                    body["payload_base64"].as_str().unwrap_or_default(),
+                )
+                .map_err(|e| format!("dead letter {sequence}: payload_base64: {e}"))?;
+                let version = |name: &str| body.get(name).map(|v| v.to_string().into_bytes());
+                letters.push(Letter::new(
+                    body["kind"].as_str().unwrap_or_default().to_owned(),
+                    payload,
+                    version("stored").as_deref(),
+                    version("incoming").as_deref(),
+                ));
+            }
+            Ok(letters)
+        })
+    }
+
+    fn remove(&self) -> Result<(), String> {
+        self.runtime.block_on(self.streams.remove()).map(drop).map_err(|e| e.to_string())
+    }
+}
+
+/// RabbitMQ: a queue of the torture's own that every process consumes, a dead-letter queue, and
+/// the parking queue the source declares beside each.
+pub(crate) struct Rabbit {
+    queues: payments_test_support::rabbitmq::TestQueues,
+    /// The queue the input is published to and consumed from.
+    payments: String,
+    /// The dead-letter queue.
+    dead_letters: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Rabbit {
+    /// Queue names of the torture's own, their parking queues included (nothing is made on the
+    /// server yet: the publisher and the consumers declare their queues).
+    pub(crate) fn new() -> Result<Self, String> {
+        let runtime =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+        let queues = payments_test_support::rabbitmq::TestQueues::new("crash");
+        let (payments, dead_letters) = (queues.queue("payments"), queues.queue("dead-letters"));
+        for queue in [&payments, &dead_letters] {
+            queues.track(&payments_source_rabbitmq::parked_queue(queue));
+        }
+        Ok(Self { queues, payments, dead_letters, runtime })
+    }
+
+    fn url(&self, query: &str) -> String {
+        format!("{}?{query}", payments_test_support::rabbitmq::url())
+    }
+
+    /// How many messages are ready in `queue` (none when it is missing).
+    fn ready(&self, queue: &str) -> Result<u64, String> {
+        let ready = self.runtime.block_on(payments_test_support::rabbitmq::ready_messages(queue));
+        Ok(u64::from(ready.map_err(|e| e.to_string())?.unwrap_or(0)))
+    }
+}
+
+impl Broker for Rabbit {
+    fn name(&self) -> &'static str {
+        "rabbitmq"
+    }
+
+    fn target(&self) -> String {
+        self.url(&format!("queue={}", self.payments))
+    }
+
+    fn input(&self, _consumer: &str) -> String {
+        // The queue is the group: every process consumes it, and RabbitMQ gives a killed
+        // consumer's unacknowledged messages back as soon as its connection is gone.
+        self.url(&format!("queue={}", self.payments))
+    }
+
+    fn dead_letters(&self) -> String {
+        self.url(&format!("queue={}", self.dead_letters))
+    }
+
+    fn outstanding(&self) -> Result<u64, String> {
+        // Every consumer has exited, so nothing is unacknowledged: what is left is ready, in the
+        // queue or parked past the delivery limit.
+        Ok(self.ready(&self.payments)?
+            + self.ready(&payments_source_rabbitmq::parked_queue(&self.payments))?)
+    }
+
+    fn letters(&self) -> Result<Vec<Letter>, String> {
+        use lapin::options::BasicGetOptions;
+        use lapin::types::AMQPValue;
+
+        self.runtime.block_on(async {
+            let connection = payments_test_support::rabbitmq::connect().await.map_err(|e| e.to_string())?;
+            let channel = connection.create_channel().await.map_err(|e| e.to_string())?;
+            let mut letters = Vec::new();
+            // Each letter is the dead message's body, with the rest in headers: see
+            // payments-source-rabbitmq's `RabbitDeadLetters`.
+            while let Some(message) = channel
+                .basic_get(self.dead_letters.as_str().into(), BasicGetOptions { no_ack: true })
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                let properties = &message.delivery.properties;
+                let header = |name: &str| -> Option<Vec<u8>> {
+                    let headers = properties.headers().as_ref()?;
+                    match headers.inner().iter().find(|(key, _)| key.as_str() == name)?.1 {
+                        AMQPValue::LongString(text) => Some(text.as_bytes().to_vec()),
+                        AMQPValue::ShortString(text) => Some(text.as_str().as_bytes().to_vec()),
+                        _ => None,
+                    }
+                };
+                letters.push(Letter::new(
+                    String::from_utf8_lossy(&header("kind").unwrap_or_default()).into_owned(),
+                    message.delivery.data.clone(),
+                    header("stored").as_deref(),
+                    header("incoming").as_deref(),
+                ));
+            }
+            let _ = connection.close(200, "read".into()).await;
+            Ok(letters)
+        })
+    }
+
+    fn remove(&self) -> Result<(), String> {
+        self.runtime.block_on(self.queues.remove()).map(drop).map_err(|e| e.to_string())
     }
 }
