@@ -1,5 +1,7 @@
 //! `cargo xtask bench`: `payments-app consume` end to end, into every store of the app's table
-//! (a new store is measured as soon as it has its entry): the release binary, a file of JSON lines.
+//! (a new store is measured as soon as it has its entry): the release binary, a file of JSON lines;
+//! with metrics on and off; and `publish` and `consume` through each broker (Redis Streams, NATS
+//! JetStream, RabbitMQ).
 
 // A benchmark reports on stderr by design: what it skipped, what it could not clean up.
 #![allow(clippy::print_stderr)]
@@ -12,11 +14,19 @@ use std::time::Duration;
 use payments_app::adapters::{STORES, TestEnv};
 use payments_test_support::Gate;
 use payments_test_support::bench::{self, Latencies, Row, Scale, Target, median, rate, timed};
+use payments_test_support::nats::{self as test_nats, TestStreams};
+use payments_test_support::rabbitmq::{self as test_rabbitmq, TestQueues};
 use payments_test_support::redis::{self as test_redis, TestKeys};
 use payments_test_support::servers::{self, Place};
 
 fn main() -> std::process::ExitCode {
-    bench::main(&[("consume", &run), ("metrics", &metrics), ("redis", &redis)])
+    bench::main(&[
+        ("consume", &run),
+        ("metrics", &metrics),
+        ("redis", &redis),
+        ("nats", &nats),
+        ("rabbitmq", &rabbitmq),
+    ])
 }
 
 /// One million lines: 800,000 distinct payments, and 200,000 redeliveries of them spread through.
@@ -252,6 +262,107 @@ fn redis(scale: Scale) -> Vec<Row> {
             "raw XREADGROUP COUNT 64 + XACK, no store",
             Some(raw_rate),
             Target::OpsPerSec(100_000.0),
+            format!(
+                "{lines} lines, 20% duplicates, into the journal; wall clock incl. process start, less the {IDLE:?} idle stop"
+            ),
+        ),
+    ]
+}
+
+/// `publish` into NATS JetStream, then `consume` from a durable consumer into the journal, beside
+/// the same lines consumed from a file into a journal in the same run: what the broker costs on
+/// top of the store.
+fn nats(scale: Scale) -> Vec<Row> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    if let Err(reason) = runtime.block_on(test_nats::reachable()) {
+        eprintln!("SKIPPED nats scenarios: {reason}");
+        return Vec::new();
+    }
+    let streams = TestStreams::new("app-bench");
+    let (stream, subject) = (streams.stream("payments"), streams.subject("payments"));
+    let base = format!("{}?stream={stream}&subject={subject}", test_nats::url());
+    let rows = through_broker("nats", scale.pick(100_000, 400_000), &base, &format!("{base}&consumer=bench"));
+    if let Err(err) = runtime.block_on(streams.remove()) {
+        eprintln!("cannot remove the bench streams {}*: {err}", streams.prefix());
+    }
+    rows
+}
+
+/// `publish` into a RabbitMQ quorum queue with publisher confirms, then `consume` from it into
+/// the journal, beside the same lines consumed from a file into a journal in the same run.
+fn rabbitmq(scale: Scale) -> Vec<Row> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    if let Err(reason) = runtime.block_on(test_rabbitmq::reachable()) {
+        eprintln!("SKIPPED rabbitmq scenarios: {reason}");
+        return Vec::new();
+    }
+    let queues = TestQueues::new("app-bench");
+    let queue = queues.queue("payments");
+    let url = format!("{}?queue={queue}", test_rabbitmq::url());
+    let rows = through_broker("rabbitmq", scale.pick(50_000, 200_000), &url, &url);
+    if let Err(err) = runtime.block_on(queues.remove()) {
+        eprintln!("cannot remove the bench queues {}*: {err}", queues.prefix());
+    }
+    rows
+}
+
+/// `publish --to target` of `lines` lines, `consume --input input` of them into a journal, and the
+/// same lines consumed from their file into another journal: the rows `publish.NAME` and
+/// `consume.NAME.file`, whose baseline is the file.
+fn through_broker(name: &str, lines: usize, target: &str, input_url: &str) -> Vec<Row> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let input = dir.path().join("input.jsonl");
+    write_input(&input, lines);
+    let published = timed(|| {
+        Command::new(env!("CARGO_BIN_EXE_payments-app"))
+            .args(["publish", "--to", target, "--input", &input.display().to_string()])
+            .current_dir(dir.path())
+            .output()
+            .expect("payments-app runs")
+    });
+    assert!(published.0.status.success(), "publish failed: {}", String::from_utf8_lossy(&published.0.stderr));
+    let journal = |which: &str| format!("file:{}", dir.path().join(which).join("payments.journal").display());
+    let (output, elapsed) = timed(|| {
+        Command::new(env!("CARGO_BIN_EXE_payments-app"))
+            .args([
+                "consume",
+                "--store",
+                &journal("broker"),
+                "--input",
+                input_url,
+                "--stop-when-idle",
+                &IDLE.as_secs_f64().to_string(),
+                "--report",
+                "json",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("payments-app runs")
+    });
+    assert!(output.status.success(), "consume failed: {}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("a JSON report");
+    assert_eq!(report["applied"].as_u64(), Some((lines * 4 / 5) as u64), "{report}");
+    let (file_report, from_file) = consume(dir.path(), &journal("file"), &input);
+    assert_eq!(file_report["applied"], report["applied"], "{file_report}");
+    vec![
+        Row::new(
+            &format!("publish.{name}"),
+            rate(lines, published.1),
+            &mut Latencies::default(),
+            "none",
+            None,
+            Target::None,
+            format!(
+                "payments-app publish of {lines} lines, each confirmed by the broker; wall clock incl. process start"
+            ),
+        ),
+        Row::new(
+            &format!("consume.{name}.file"),
+            rate(lines, elapsed.saturating_sub(IDLE)),
+            &mut Latencies::default(),
+            "the same lines from a file into a journal, same run",
+            Some(from_file),
+            Target::None,
             format!(
                 "{lines} lines, 20% duplicates, into the journal; wall clock incl. process start, less the {IDLE:?} idle stop"
             ),
