@@ -3,9 +3,18 @@
 //!
 //! Credentials are kept for connecting and shown nowhere: `Display`, `Debug` and every error print
 //! the address with `***` in their place (a token, alone before the `@`, is a secret as a whole).
+//!
+//! `tls://` requires TLS of the server, never falling back to plain text, and always verifies it:
+//! its certificate must chain to a trusted root and name the URL's host. The roots are the
+//! system's, or, with `ssl-ca=PATH`, only the CA certificates of that PEM file (checked when the
+//! URL is parsed, read again at every connection). `ssl-ca` on a `nats://` URL is refused.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use async_nats::rustls::pki_types::CertificateDer;
+use async_nats::rustls::pki_types::pem::PemObject as _;
 
 /// Why a NATS URL cannot be used. No variant ever holds the URL's password or token.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +56,24 @@ pub enum ConfigError {
         /// What it must be.
         expected: &'static str,
     },
+    /// `ssl-ca` on a `nats://` URL, which does not use TLS.
+    #[error("`ssl-ca` needs a tls:// URL: nats:// does not use TLS")]
+    CaWithoutTls,
+    /// The `ssl-ca` file cannot be read.
+    #[error("cannot read ssl-ca {}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `ssl-ca` file holds no PEM certificate, or one that does not parse.
+    #[error("ssl-ca {} holds no valid PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    CaContent {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// How the client proves who it is.
@@ -64,6 +91,11 @@ pub(crate) struct Endpoint {
     /// `nats://HOST:PORT` or `tls://HOST:PORT`: no secret in it.
     address: String,
     auth: Auth,
+    /// `tls://`: TLS is required of the server.
+    tls: bool,
+    /// `ssl-ca`: the file whose CA certificates are the only trusted roots, instead of the
+    /// system's (`tls://` only).
+    ca: Option<PathBuf>,
     /// For every message: credentials replaced by `***`.
     shown: String,
 }
@@ -74,15 +106,47 @@ impl Endpoint {
         &self.address
     }
 
-    /// Connection options carrying the credentials, if any.
+    /// Connection options carrying the credentials, if any, and for `tls://` requiring TLS with
+    /// the trusted roots: the system's, or only `ssl-ca`'s.
     pub(crate) fn options(&self) -> async_nats::ConnectOptions {
-        match &self.auth {
+        let options = match &self.auth {
             Auth::None => async_nats::ConnectOptions::new(),
             Auth::Token(token) => async_nats::ConnectOptions::with_token(token.clone()),
             Auth::UserPassword(user, password) => {
                 async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
             }
+        };
+        if !self.tls {
+            return options;
         }
+        // The `tls://` scheme makes async-nats upgrade a connection to this address to TLS
+        // whatever the server's INFO says. Requiring TLS covers every other server too: those the
+        // client learns from a cluster's INFO (`connect_urls`, without a scheme) and reconnects
+        // to, which would otherwise be upgraded only if they asked for it.
+        let options = options.require_tls(true);
+        match &self.ca {
+            // async-nats loads the system's roots only when no root certificate file is given
+            // (and no rustls config): with one, its CA certificates are the only roots.
+            Some(ca) => options.add_root_certificates(ca.clone()),
+            None => options,
+        }
+    }
+
+    /// The `ssl-ca` file, if the URL names one.
+    pub(crate) fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_deref()
+    }
+}
+
+/// Checks that `path` holds at least one PEM certificate, each of which parses: what async-nats
+/// reads again at every connection, where an error would only show as a failed handshake.
+fn check_ca(path: &str) -> Result<PathBuf, ConfigError> {
+    let path = PathBuf::from(path);
+    let pem = std::fs::read(&path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
+    let certificates: Result<Vec<CertificateDer<'_>>, _> = CertificateDer::pem_slice_iter(&pem).collect();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => Ok(path),
+        _ => Err(ConfigError::CaContent { path }),
     }
 }
 
@@ -152,8 +216,6 @@ impl Parsed {
                 (Auth::UserPassword(percent_decode(user), percent_decode(password)), format!("{user}:***@"))
             }
         };
-        let address = format!("{scheme}://{host}:{port}");
-        let endpoint = Endpoint { address, auth, shown: format!("{scheme}://{shown_auth}{host}:{port}") };
         let mut params: Vec<(String, String)> = Vec::new();
         for (name, value) in url.query_pairs() {
             if !allowed.contains(&name.as_ref()) {
@@ -164,6 +226,15 @@ impl Parsed {
             }
             params.push((name.into_owned(), value.into_owned()));
         }
+        let tls = scheme == "tls";
+        let ca = match params.iter().find(|(name, _)| name == "ssl-ca") {
+            None => None,
+            Some(_) if !tls => return Err(ConfigError::CaWithoutTls),
+            Some((_, path)) => Some(check_ca(path)?),
+        };
+        let address = format!("{scheme}://{host}:{port}");
+        let endpoint =
+            Endpoint { address, auth, tls, ca, shown: format!("{scheme}://{shown_auth}{host}:{port}") };
         Ok(Self { endpoint, params })
     }
 
@@ -255,15 +326,16 @@ pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 const SOURCE_PARAMS: &[&str] =
-    &["stream", "subject", "consumer", "ack-wait-ms", "batch", "max-deliveries", "double-ack"];
+    &["stream", "subject", "consumer", "ack-wait-ms", "batch", "max-deliveries", "double-ack", "ssl-ca"];
 const SOURCE_PARAMS_TEXT: &str =
-    "stream, subject, consumer, ack-wait-ms, batch, max-deliveries and double-ack";
+    "stream, subject, consumer, ack-wait-ms, batch, max-deliveries, double-ack and (tls:// only) ssl-ca";
 
 /// How a [`NatsSource`](crate::NatsSource) reads: parsed from a URL, adjusted with the `with_*`
 /// methods.
 ///
 /// ```text
 /// nats://HOST:PORT?stream=NAME&subject=SUBJECT&consumer=NAME[&ack-wait-ms=N][&batch=N][&max-deliveries=N][&double-ack=true]
+/// tls://HOST:PORT?stream=NAME&subject=SUBJECT&consumer=NAME[&ssl-ca=PATH][&…]
 /// ```
 #[derive(Clone)]
 pub struct NatsSourceConfig {
@@ -297,6 +369,13 @@ impl NatsSourceConfig {
     /// - `max-deliveries`: the delivery limit the consumer enforces; see [`Self::max_deliveries`].
     /// - `double-ack`: `true` to have every acknowledgement confirmed by the server (one round
     ///   trip each, sent concurrently) rather than sent and trusted; default `false`.
+    /// - `ssl-ca` (`tls://` only): a PEM file whose CA certificates are the only trusted roots,
+    ///   instead of the system's. It must hold at least one certificate; it is read here, and
+    ///   again at every connection.
+    ///
+    /// With `tls://`, the client requires TLS (never plain text) and verifies the server: its
+    /// certificate must chain to a trusted root and name the URL's host. A refused certificate
+    /// makes connecting fail for good (`SourceError::Failed`), not unavailable.
     ///
     /// # Errors
     ///
@@ -404,6 +483,11 @@ impl NatsSourceConfig {
     pub fn double_ack(&self) -> bool {
         self.double_ack
     }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
+    }
 }
 
 impl fmt::Display for NatsSourceConfig {
@@ -425,17 +509,19 @@ impl fmt::Debug for NatsSourceConfig {
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_deliveries", &self.max_deliveries)
             .field("double_ack", &self.double_ack)
+            .field("ssl_ca", &self.ssl_ca())
             .field("timeout", &self.timeout)
             .finish()
     }
 }
 
-const STREAM_PARAMS: &[&str] = &["stream", "subject"];
-const STREAM_PARAMS_TEXT: &str = "stream and subject only";
+const STREAM_PARAMS: &[&str] = &["stream", "subject", "ssl-ca"];
+const STREAM_PARAMS_TEXT: &str = "stream, subject and (tls:// only) ssl-ca";
 
 /// Where a [`NatsDeadLetters`](crate::NatsDeadLetters) or a
 /// [`NatsPublisher`](crate::NatsPublisher) writes:
-/// `nats://HOST:PORT?stream=NAME&subject=SUBJECT`.
+/// `nats://HOST:PORT?stream=NAME&subject=SUBJECT`, or
+/// `tls://HOST:PORT?stream=NAME&subject=SUBJECT[&ssl-ca=PATH]`.
 #[derive(Clone)]
 pub struct NatsStreamConfig {
     pub(crate) endpoint: Endpoint,
@@ -447,7 +533,8 @@ pub struct NatsStreamConfig {
 
 impl NatsStreamConfig {
     /// Parses a stream URL: `stream` (created if missing, with `subject` as its only subject)
-    /// and `subject` (where messages are published; no wildcards), both required.
+    /// and `subject` (where messages are published; no wildcards), both required; and, with
+    /// `tls://` only, `ssl-ca`, read as by [`NatsSourceConfig::from_url`].
     ///
     /// # Errors
     ///
@@ -482,6 +569,11 @@ impl NatsStreamConfig {
     pub fn subject(&self) -> &str {
         &self.subject
     }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
+    }
 }
 
 impl fmt::Display for NatsStreamConfig {
@@ -496,6 +588,7 @@ impl fmt::Debug for NatsStreamConfig {
             .field("endpoint", &self.endpoint)
             .field("stream", &self.stream)
             .field("subject", &self.subject)
+            .field("ssl_ca", &self.ssl_ca())
             .field("timeout", &self.timeout)
             .finish()
     }

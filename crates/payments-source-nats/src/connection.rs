@@ -2,11 +2,16 @@
 //! long as it lives; the JetStream context on it; and the stream, created if missing.
 //!
 //! Which errors are worth retrying lives here too: the line between `Unavailable` and `Failed`.
+//! A TLS refusal (a server certificate that does not chain to a trusted root or does not name the
+//! host, a handshake answered in plain text) is `Failed`: the next attempt would meet the same
+//! certificate.
 
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use async_nats::{Client, ConnectErrorKind, Event};
+
+use payments_ports::BoxError;
 
 use crate::config::Endpoint;
 
@@ -77,8 +82,60 @@ pub(crate) async fn ensure_stream(
 
 /// Whether a failed connection attempt may work later (a server down or slow), rather than never
 /// (bad credentials, a TLS setup the server refuses, an address that does not parse).
+///
+/// async-nats reports a failed TLS handshake (a refused certificate included) as an I/O error:
+/// it is told apart by the rustls error inside.
 pub(crate) fn connect_is_transient(err: &async_nats::ConnectError) -> bool {
-    matches!(err.kind(), ConnectErrorKind::TimedOut | ConnectErrorKind::Io | ConnectErrorKind::Dns)
+    tls_refusal(err).is_none()
+        && matches!(err.kind(), ConnectErrorKind::TimedOut | ConnectErrorKind::Io | ConnectErrorKind::Dns)
+}
+
+/// A failed connection, for its caller's error: `err` itself, or, when TLS refused the server,
+/// `err` behind what that means for the person reading it.
+pub(crate) fn connect_error(err: async_nats::ConnectError) -> BoxError {
+    match tls_refusal(&err) {
+        Some(meaning) => Box::new(TlsRefused { meaning, source: err }),
+        None => Box::new(err),
+    }
+}
+
+/// TLS refused the server: what that means, then the client's own error.
+#[derive(Debug, thiserror::Error)]
+#[error("{meaning}")]
+struct TlsRefused {
+    meaning: &'static str,
+    #[source]
+    source: async_nats::ConnectError,
+}
+
+/// What a TLS refusal means, for the person reading the error: `None` when `err` is not one.
+fn tls_refusal(err: &async_nats::ConnectError) -> Option<&'static str> {
+    use async_nats::rustls::{CertificateError, Error};
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(current) = cause {
+        // tokio-rustls keeps rustls's error inside an `io::Error`, which does not show it as a
+        // source: it is reached through `get_ref`.
+        let rustls = current.downcast_ref::<Error>().or_else(|| {
+            current
+                .downcast_ref::<std::io::Error>()
+                .and_then(std::io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<Error>())
+        });
+        if let Some(rustls) = rustls {
+            return Some(match rustls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
+                }
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                ) => "the server's certificate does not name the URL's host",
+                Error::InvalidCertificate(_) => "the server's certificate was refused",
+                _ => "the TLS handshake failed (does the server speak TLS on this port?)",
+            });
+        }
+        cause = current.source();
+    }
+    None
 }
 
 /// Whether a stream could not be made for a reason that may clear (no answer, JetStream not

@@ -54,7 +54,8 @@ impl NatsDeadLetters {
     /// # Errors
     ///
     /// [`DeadLetterError::Unavailable`] when the server cannot be reached,
-    /// [`DeadLetterError::Failed`] when it refuses (credentials, a stream that cannot be made).
+    /// [`DeadLetterError::Failed`] when it refuses (credentials, a stream that cannot be made) or
+    /// TLS refuses it (its certificate, a handshake answered in plain text).
     pub async fn connect(config: NatsStreamConfig) -> Result<Self, DeadLetterError> {
         let target = config.to_string();
         Writer::connect(config, "dead-letters")

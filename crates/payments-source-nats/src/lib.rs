@@ -85,6 +85,24 @@
 //! what it costs. The request goes to the delivery's `$JS.ACK` subject, which only the consumer
 //! answers: when it is gone, the "no responders" status fails the request (async-nats's own
 //! `double_ack` would take that status for an answer).
+//!
+//! # TLS
+//!
+//! A `tls://` URL requires TLS of the server: the client upgrades every connection after the
+//! server's `INFO`, whatever that says, and sends nothing else (no `CONNECT`, no credentials)
+//! before; there is no fallback to plain text. The server's certificate must chain to a trusted
+//! root and name the URL's host (a host name, or an IP address as an IP subject alternative
+//! name). The roots are the system's, or, with `ssl-ca=PATH`, only the CA certificates of that
+//! PEM file: async-nats loads the system's only when no root certificate file is given. `ssl-ca`
+//! is checked when the URL is parsed and refused on `nats://`.
+//!
+//! A certificate refused when connecting (not signed by a trusted root, not naming the host), or
+//! a handshake rustls refuses (a server that answers it in plain text), makes `connect` fail for
+//! good (`Failed`, with what it means before the client's own words), never `Unavailable`: the
+//! next attempt would meet the same certificate. A server that hangs up mid-handshake looks like
+//! a network fault, and is `Unavailable`. async-nats reports these as I/O errors; they are told
+//! apart by the rustls error inside. Once connected, a certificate refused when the client
+//! reconnects is waited out like an outage: its reconnection loop does not say why it failed.
 
 mod acker;
 mod config;

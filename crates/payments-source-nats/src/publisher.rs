@@ -38,7 +38,8 @@ impl NatsPublisher {
     /// # Errors
     ///
     /// [`PublishError::Unavailable`] when the server cannot be reached, [`PublishError::Failed`]
-    /// when it refuses (credentials, a stream that cannot be made).
+    /// when it refuses (credentials, a stream that cannot be made) or TLS refuses it (its
+    /// certificate, a handshake answered in plain text).
     pub async fn connect(config: NatsStreamConfig) -> Result<Self, PublishError> {
         let target = config.to_string();
         Writer::connect(config, "publisher")

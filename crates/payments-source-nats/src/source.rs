@@ -104,15 +104,16 @@ impl NatsSource {
     ///
     /// [`SourceError::Unavailable`] when the server cannot be reached or does not answer,
     /// [`SourceError::Failed`] when it refuses (credentials, a stream whose subjects do not cover
-    /// the subject, a consumer of that name that cannot take these settings).
+    /// the subject, a consumer of that name that cannot take these settings) or TLS refuses it
+    /// (a certificate not signed by a trusted root or not naming the host, a handshake answered in plain text).
     pub async fn connect(config: NatsSourceConfig) -> Result<Self, SourceError> {
         let name = format!("payments-source {}/{}", config.stream, config.consumer);
         let client = connection::connect(&config.endpoint, &name).await.map_err(|err| {
             let message = format!("cannot connect to {}", config.endpoint);
             if connection::connect_is_transient(&err) {
-                SourceError::unavailable_because(message, err)
+                SourceError::unavailable_because(message, connection::connect_error(err))
             } else {
-                SourceError::failed_because(message, err)
+                SourceError::failed_because(message, connection::connect_error(err))
             }
         })?;
         let context = connection::jetstream(client.clone(), config.timeout);

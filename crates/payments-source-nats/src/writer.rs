@@ -35,9 +35,9 @@ impl Writer {
         let name = format!("payments-{role} {}", config.stream);
         let client = connection::connect(&config.endpoint, &name).await.map_err(|err| {
             if connection::connect_is_transient(&err) {
-                WriteError::Unavailable(err.into())
+                WriteError::Unavailable(connection::connect_error(err))
             } else {
-                WriteError::Failed(err.into())
+                WriteError::Failed(connection::connect_error(err))
             }
         })?;
         let context = connection::jetstream(client.clone(), config.timeout);

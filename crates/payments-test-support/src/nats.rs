@@ -7,6 +7,8 @@
 //! monitoring port (no `connz`, no kick), so a test that must kill a client's connections points
 //! the client at a [`TestProxy`] instead, and cuts them there: a network fault, as the client
 //! sees it.
+//!
+//! With the `tls` feature, [`TlsNats`]: a TLS-only server of a test's own, with JetStream.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -16,6 +18,11 @@ use futures::StreamExt as _;
 
 use crate::proxy::TcpProxy;
 use crate::{Gate, Test, libtest_mimic};
+
+#[cfg(feature = "tls")]
+mod tls_server;
+#[cfg(feature = "tls")]
+pub use tls_server::{TlsNats, server_binary, tls_available};
 
 /// An error of the helpers.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;

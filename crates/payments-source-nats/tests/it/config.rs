@@ -143,3 +143,51 @@ pub(crate) fn tls_urls_are_read_like_nats_urls() -> Result<(), Failed> {
     assert_eq!(stream.to_string(), "tls://mq.example:4222?stream=S&subject=a");
     Ok(())
 }
+
+/// `ssl-ca=PATH` names the only trusted roots of a `tls://` URL, on the source and stream URLs
+/// alike: checked when the URL is parsed (a file of PEM certificates), refused on `nats://`.
+pub(crate) fn ssl_ca_is_read_with_the_url_and_needs_tls() -> Result<(), Failed> {
+    let ca = payments_test_support::tls::TestCa::new("payments test CA")?;
+    let path = ca.cert_path().display().to_string();
+    let query = "stream=S&subject=a.b&consumer=c";
+
+    let source = NatsSourceConfig::from_url(&format!("tls://mq.example:4443?{query}&ssl-ca={path}"))?;
+    assert_eq!(source.ssl_ca(), Some(ca.cert_path()));
+    assert_eq!(source.to_string(), format!("tls://mq.example:4443?{query}&ssl-ca={path}"));
+    assert!(format!("{source:?}").contains(&path), "{source:?}");
+    let stream = NatsStreamConfig::from_url(&format!("tls://mq.example?stream=D&subject=d&ssl-ca={path}"))?;
+    assert_eq!(stream.ssl_ca(), Some(ca.cert_path()));
+    assert_eq!(NatsSourceConfig::from_url(&format!("tls://mq.example?{query}"))?.ssl_ca(), None);
+
+    for url in [
+        format!("nats://127.0.0.1:4222?{query}&ssl-ca={path}"),
+        format!("nats://127.0.0.1:4222?stream=D&subject=d&ssl-ca={path}"),
+    ] {
+        let source = NatsSourceConfig::from_url(&url).map(drop).map_err(|err| error_chain(&err));
+        let stream = NatsStreamConfig::from_url(&url).map(drop).map_err(|err| error_chain(&err));
+        // The source URL is refused by the source, the stream URL by the stream (the other one
+        // refuses the other's parameters first).
+        let err = if url.contains("consumer") { source } else { stream }.expect_err("refused");
+        assert!(err.contains("`ssl-ca` needs a tls:// URL"), "{err}");
+    }
+
+    let missing = ca.dir().join("missing.pem");
+    check_refused(
+        &format!("tls://h?{query}&ssl-ca={}", missing.display()),
+        &format!("cannot read ssl-ca {}", missing.display()),
+    );
+    let key_only = ca.issue(&["localhost"])?.key;
+    let not_pem = ca.dir().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate")?;
+    for bad in [&key_only, &not_pem] {
+        check_refused(
+            &format!("tls://h?{query}&ssl-ca={}", bad.display()),
+            &format!("ssl-ca {} holds no valid PEM certificate", bad.display()),
+        );
+    }
+    check_refused(&format!("tls://h?{query}&ssl-ca=a&ssl-ca=b"), "`ssl-ca` is given twice");
+    check_refused(&format!("tls://h?{query}&nope=1"), "(tls:// only) ssl-ca");
+    let err = NatsStreamConfig::from_url("tls://h?stream=S&subject=s&nope=1").expect_err("unknown");
+    assert!(err.to_string().contains("stream, subject and (tls:// only) ssl-ca"), "{err}");
+    Ok(())
+}
