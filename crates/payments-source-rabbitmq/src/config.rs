@@ -3,11 +3,20 @@
 //!
 //! The password is kept for connecting and shown nowhere: `Display`, `Debug` and every error
 //! print the address with `***` in its place.
+//!
+//! `amqps://` speaks TLS only, never falling back to plain text, and always verifies the server:
+//! its certificate must chain to a trusted root and name the URL's host. The roots are the
+//! system's, or, with `ssl-ca=PATH`, only the CA certificates of that PEM file (read and checked
+//! when the URL is parsed). `ssl-ca` on an `amqp://` URL is refused.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use rustls::pki_types::CertificateDer;
+use rustls::pki_types::pem::PemObject as _;
 
 /// Why a RabbitMQ URL cannot be used. No variant ever holds the URL's password.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +61,24 @@ pub enum ConfigError {
         /// What it must be.
         expected: &'static str,
     },
+    /// `ssl-ca` on an `amqp://` URL, which does not use TLS.
+    #[error("`ssl-ca` needs an amqps:// URL: amqp:// does not use TLS")]
+    CaWithoutTls,
+    /// The `ssl-ca` file cannot be read.
+    #[error("cannot read ssl-ca {}", path.display())]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The `ssl-ca` file holds no PEM certificate, or one that does not parse.
+    #[error("ssl-ca {} holds no valid PEM certificate (-----BEGIN CERTIFICATE-----)", path.display())]
+    CaContent {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// How long a silent connection is tolerated: the heartbeat asked of the server. Two missed
@@ -68,12 +95,47 @@ pub(crate) struct Endpoint {
     uri: AMQPUri,
     /// For every message: the password replaced by `***`.
     shown: String,
+    /// `ssl-ca` (`amqps://` only): the only trusted roots, instead of the system's.
+    ca: Option<TrustedCa>,
+}
+
+/// The CA certificates of an `ssl-ca` file, read when the URL was parsed.
+#[derive(Clone)]
+pub(crate) struct TrustedCa {
+    /// The file, as the URL names it.
+    pub(crate) path: PathBuf,
+    /// Its certificates (at least one), DER.
+    pub(crate) certificates: Arc<[CertificateDer<'static>]>,
 }
 
 impl Endpoint {
     /// The address lapin connects to, with a heartbeat and a connection timeout.
     pub(crate) fn uri(&self) -> AMQPUri {
         self.uri.clone()
+    }
+
+    /// The `ssl-ca` file's certificates, when the URL names one: the only roots to trust.
+    pub(crate) fn trusted_ca(&self) -> Option<&TrustedCa> {
+        self.ca.as_ref()
+    }
+
+    /// The `ssl-ca` file, if the URL names one.
+    pub(crate) fn ca_path(&self) -> Option<&Path> {
+        self.ca.as_ref().map(|ca| ca.path.as_path())
+    }
+}
+
+/// Reads the PEM certificates of `path`: at least one, each of which parses.
+fn read_ca(path: &str) -> Result<TrustedCa, ConfigError> {
+    let path = PathBuf::from(path);
+    let pem = std::fs::read(&path).map_err(|source| ConfigError::CaFile { path: path.clone(), source })?;
+    let certificates: Result<Vec<CertificateDer<'static>>, _> =
+        CertificateDer::pem_slice_iter(&pem).map(|cert| cert.map(CertificateDer::into_owned)).collect();
+    match certificates {
+        Ok(certificates) if !certificates.is_empty() => {
+            Ok(TrustedCa { path, certificates: certificates.into() })
+        }
+        _ => Err(ConfigError::CaContent { path }),
     }
 }
 
@@ -154,7 +216,12 @@ impl Parsed {
             }
             params.push((name.into_owned(), value.into_owned()));
         }
-        Ok(Self { endpoint: Endpoint { uri, shown }, params })
+        let ca = match params.iter().find(|(name, _)| name == "ssl-ca") {
+            None => None,
+            Some(_) if uri.scheme != AMQPScheme::AMQPS => return Err(ConfigError::CaWithoutTls),
+            Some((_, path)) => Some(read_ca(path)?),
+        };
+        Ok(Self { endpoint: Endpoint { uri, shown, ca }, params })
     }
 
     fn get(&self, name: &str) -> Option<&str> {
@@ -251,17 +318,19 @@ pub const QUEUE_DELIVERY_LIMIT: u32 = 100;
 /// The largest prefetch AMQP can say (`basic.qos` takes 16 bits).
 const MAX_PREFETCH: u64 = u16::MAX as u64;
 
-const SOURCE_PARAMS: &[&str] = &["queue", "prefetch", "max-deliveries"];
-const SOURCE_PARAMS_TEXT: &str = "queue, prefetch and max-deliveries";
+const SOURCE_PARAMS: &[&str] = &["queue", "prefetch", "max-deliveries", "ssl-ca"];
+const SOURCE_PARAMS_TEXT: &str = "queue, prefetch, max-deliveries and (amqps:// only) ssl-ca";
 
 /// How a [`RabbitSource`](crate::RabbitSource) consumes: parsed from a URL, adjusted with the
 /// `with_*` methods.
 ///
 /// ```text
 /// amqp://USER:PASSWORD@HOST:PORT/VHOST?queue=NAME[&prefetch=N][&max-deliveries=N]
+/// amqps://USER:PASSWORD@HOST:PORT/VHOST?queue=NAME[&ssl-ca=PATH][&…]
 /// ```
 ///
-/// `amqps://` connects with TLS, checking the server's certificate against the system's roots.
+/// `amqps://` connects with TLS only, checking the server's certificate against the system's
+/// roots, or only against those of `ssl-ca`.
 #[derive(Clone)]
 pub struct RabbitSourceConfig {
     pub(crate) endpoint: Endpoint,
@@ -284,6 +353,12 @@ impl RabbitSourceConfig {
     ///   any (1 to 65535); default the in-flight bound ([`Self::with_in_flight`]).
     /// - `max-deliveries`: the delivery limit the consumer enforces, 1 to
     ///   [`QUEUE_DELIVERY_LIMIT`]; see [`Self::max_deliveries`].
+    /// - `ssl-ca` (`amqps://` only): a PEM file whose CA certificates are the only trusted roots,
+    ///   instead of the system's. It is read here, and must hold at least one certificate.
+    ///
+    /// With `amqps://`, the client speaks TLS only (never plain text) and verifies the server: its
+    /// certificate must chain to a trusted root and name the URL's host. A refused certificate
+    /// makes connecting fail for good (`SourceError::Failed`), not unavailable.
     ///
     /// # Errors
     ///
@@ -376,6 +451,11 @@ impl RabbitSourceConfig {
     pub fn connection_name(&self) -> String {
         self.connection_name.clone().unwrap_or_else(|| format!("payments-{}", host_and_pid()))
     }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
+    }
 }
 
 impl fmt::Display for RabbitSourceConfig {
@@ -393,6 +473,7 @@ impl fmt::Debug for RabbitSourceConfig {
             .field("in_flight", &self.in_flight)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("max_deliveries", &self.max_deliveries)
+            .field("ssl_ca", &self.ssl_ca())
             .field("connection_name", &self.connection_name())
             .finish()
     }
@@ -417,8 +498,8 @@ fn host_and_pid() -> String {
     format!("{host}-{}", std::process::id())
 }
 
-const TARGET_PARAMS: &[&str] = &["queue", "exchange", "routing-key"];
-const TARGET_PARAMS_TEXT: &str = "queue, exchange and routing-key";
+const TARGET_PARAMS: &[&str] = &["queue", "exchange", "routing-key", "ssl-ca"];
+const TARGET_PARAMS_TEXT: &str = "queue, exchange, routing-key and (amqps:// only) ssl-ca";
 
 /// Where a [`RabbitDeadLetters`](crate::RabbitDeadLetters) or a
 /// [`RabbitPublisher`](crate::RabbitPublisher) publishes:
@@ -427,6 +508,7 @@ const TARGET_PARAMS_TEXT: &str = "queue, exchange and routing-key";
 /// amqp://USER:PASSWORD@HOST:PORT/VHOST?queue=NAME
 /// amqp://USER:PASSWORD@HOST:PORT/VHOST?exchange=NAME&routing-key=KEY
 /// amqp://USER:PASSWORD@HOST:PORT/VHOST?queue=NAME&exchange=NAME[&routing-key=KEY]
+/// amqps://USER:PASSWORD@HOST:PORT/VHOST?queue=NAME[&ssl-ca=PATH]
 /// ```
 ///
 /// - `queue` alone: the queue is declared (as the source declares it) and messages go to it
@@ -435,6 +517,8 @@ const TARGET_PARAMS_TEXT: &str = "queue, exchange and routing-key";
 ///   the queue's name when there is a queue, else empty).
 /// - Both: the queue is declared and bound to the exchange with the routing key, so that what is
 ///   published there reaches it.
+/// - `ssl-ca` (`amqps://` only): the only trusted roots, read as by
+///   [`RabbitSourceConfig::from_url`].
 #[derive(Clone)]
 pub struct RabbitTargetConfig {
     pub(crate) endpoint: Endpoint,
@@ -528,6 +612,11 @@ impl RabbitTargetConfig {
     pub fn connection_name(&self) -> String {
         self.connection_name.clone().unwrap_or_else(|| format!("payments-{}-publish", host_and_pid()))
     }
+
+    /// The `ssl-ca` file whose certificates are the only trusted roots, if the URL names one.
+    pub fn ssl_ca(&self) -> Option<&Path> {
+        self.endpoint.ca_path()
+    }
 }
 
 impl fmt::Display for RabbitTargetConfig {
@@ -544,6 +633,7 @@ impl fmt::Debug for RabbitTargetConfig {
             .field("exchange", &self.exchange)
             .field("routing_key", &self.routing_key())
             .field("timeout", &self.timeout)
+            .field("ssl_ca", &self.ssl_ca())
             .field("connection_name", &self.connection_name())
             .finish()
     }

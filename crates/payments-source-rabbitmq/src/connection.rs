@@ -3,13 +3,16 @@
 
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::tcp::{AsyncTcpStream, RustlsConnectorConfig};
 use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::uri::AMQPUri;
 use lapin::{Connection, ConnectionProperties, ExchangeKind};
 
-use crate::config::{CONNECT_TIMEOUT, Endpoint, QUEUE_DELIVERY_LIMIT, parked_queue};
+use crate::config::{CONNECT_TIMEOUT, Endpoint, QUEUE_DELIVERY_LIMIT, TrustedCa, parked_queue};
 use crate::errors::{self, PRECONDITION_FAILED};
 
 /// How long one step of setting up (a declaration, opening a channel) may wait for the broker.
@@ -36,9 +39,49 @@ pub(crate) async fn bounded<T>(
 /// A new connection, named `name` (the `connection_name` client property). No automatic
 /// recovery: the caller makes a new connection when this one breaks (see the crate's
 /// documentation for why).
+///
+/// `amqps://` is TLS from the first byte (lapin never falls back to plain text). Without
+/// `ssl-ca`, lapin verifies the server against the system's roots. With it, the TLS connector is
+/// built here, trusting the `ssl-ca` certificates alone: lapin's own `OwnedTLSConfig::cert_chain`
+/// would add them to the system's roots (tcp-stream loads the native certificates, then
+/// `add_parsable_certificates`), and so trust every public CA too.
 pub(crate) async fn connect(endpoint: &Endpoint, name: &str) -> lapin::Result<Connection> {
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    bounded(CONNECT_TIMEOUT, "connect", Connection::connect_uri(endpoint.uri(), properties)).await
+    let connecting = async {
+        match endpoint.trusted_ca() {
+            None => Connection::connect_uri(endpoint.uri(), properties).await,
+            Some(ca) => connect_trusting_only(endpoint.uri(), ca, properties).await,
+        }
+    };
+    bounded(CONNECT_TIMEOUT, "connect", connecting).await
+}
+
+/// Connects to `uri` (`amqps://`) over TLS whose only roots are `ca`'s certificates: a TCP
+/// connection to the host's addresses, one after the other, then the handshake, verifying that
+/// the server's certificate chains to `ca` and names the URL's host.
+async fn connect_trusting_only(
+    uri: AMQPUri,
+    ca: &TrustedCa,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
+    // No system roots: `RustlsConnectorConfig::default()` starts with an empty store.
+    let connector = RustlsConnectorConfig::default()
+        .with_parsable_certificates(ca.certificates.to_vec())
+        .connector_with_no_client_auth()?;
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let host = uri.authority.host.as_str();
+            let addresses: Vec<SocketAddr> =
+                tokio::net::lookup_host((host, uri.authority.port)).await?.collect();
+            let stream = AsyncTcpStream::connect(&runtime, addresses).await?;
+            Ok(stream.into_rustls(&connector, host).await?)
+        },
+        properties,
+    )
+    .await
 }
 
 /// How a queue was found.

@@ -1,4 +1,9 @@
 //! Which lapin errors are worth retrying: the line between `Unavailable` and `Failed`.
+//!
+//! A TLS refusal (a server certificate that does not chain to a trusted root or does not name the
+//! host, a handshake answered in plain text) is `Failed`: the next attempt would meet the same
+//! certificate. lapin reports it as an I/O error; it is told apart, and explained, by the rustls
+//! error inside.
 
 use lapin::ErrorKind;
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
@@ -12,6 +17,9 @@ use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
 /// that exists with other arguments or is exclusive to another connection, a message too large
 /// for the broker), and errors that mean this client broke the protocol.
 pub(crate) fn is_transient(err: &lapin::Error) -> bool {
+    if tls_refusal(err).is_some() {
+        return false;
+    }
     match err.kind() {
         ErrorKind::ProtocolError(amqp) => match amqp.kind() {
             AMQPErrorKind::Soft(soft) => !matches!(
@@ -54,3 +62,57 @@ pub(crate) fn reply_code(err: &lapin::Error) -> Option<u16> {
 
 /// `PRECONDITION_FAILED`: for a declaration, the queue exists with other arguments.
 pub(crate) const PRECONDITION_FAILED: u16 = 406;
+
+/// TLS refused the server: what that means for the person reading the error, then lapin's own.
+#[derive(Debug, thiserror::Error)]
+#[error("{meaning}")]
+pub(crate) struct TlsRefused {
+    meaning: &'static str,
+    #[source]
+    source: lapin::Error,
+}
+
+impl TlsRefused {
+    /// `err` explained, when it is a TLS refusal; else `err` back.
+    pub(crate) fn new(err: lapin::Error) -> Result<Self, lapin::Error> {
+        match tls_refusal(&err) {
+            Some(meaning) => Ok(Self { meaning, source: err }),
+            None => Err(err),
+        }
+    }
+}
+
+/// `err` itself, or, when TLS refused the server, `err` behind what that means.
+pub(crate) fn explained(err: lapin::Error) -> payments_ports::BoxError {
+    match TlsRefused::new(err) {
+        Ok(refused) => Box::new(refused),
+        Err(err) => Box::new(err),
+    }
+}
+
+/// What a TLS refusal means, for the person reading the error: `None` when `err` is not one.
+///
+/// rustls's error travels inside an `io::Error` (futures-rustls, then lapin's
+/// `ErrorKind::IOError`), which does not show it as a source: it is reached through `get_ref`.
+pub(crate) fn tls_refusal(err: &lapin::Error) -> Option<&'static str> {
+    use rustls::{CertificateError, Error};
+    let ErrorKind::IOError(io) = err.kind() else { return None };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> =
+        io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static));
+    while let Some(current) = cause {
+        if let Some(rustls) = current.downcast_ref::<Error>() {
+            return Some(match rustls {
+                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
+                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
+                }
+                Error::InvalidCertificate(
+                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+                ) => "the server's certificate does not name the URL's host",
+                Error::InvalidCertificate(_) => "the server's certificate was refused",
+                _ => "the TLS handshake failed (does the server speak TLS on this port?)",
+            });
+        }
+        cause = current.source();
+    }
+    None
+}

@@ -123,8 +123,23 @@
 //! is an error, never a silent loss. A broken connection fails the call as unavailable, and the
 //! next call connects again.
 //!
-//! `amqps://` connects with TLS (rustls with ring), checking the server against the system's root
-//! certificates.
+//! # TLS
+//!
+//! An `amqps://` URL speaks TLS from the first byte (rustls with ring): there is no fallback to
+//! plain text, and nothing (no protocol header, no credentials) is sent before the handshake. The
+//! server's certificate must chain to a trusted root and name the URL's host (a host name, or an
+//! IP address as an IP subject alternative name). The roots are the system's, or, with
+//! `ssl-ca=PATH`, only the CA certificates of that PEM file, read and checked when the URL is
+//! parsed, and refused on `amqp://`. lapin's own way to give a CA (`OwnedTLSConfig::cert_chain`)
+//! adds it to the system's roots, so with `ssl-ca` this crate builds the TLS connector itself,
+//! from an empty root store, and hands lapin the connected stream.
+//!
+//! A certificate refused (not signed by a trusted root, not naming the host), or a handshake
+//! rustls refuses (a server that answers in plain text, as RabbitMQ's plain port does), makes
+//! connecting fail for good (`Failed`, with what it means before lapin's own words), never
+//! `Unavailable`: the next attempt would meet the same certificate. This holds when the source
+//! connects again after a lost connection too: the consumer then stops with the reason. A server
+//! that hangs up mid-handshake looks like a network fault, and is `Unavailable`.
 
 mod acker;
 mod config;

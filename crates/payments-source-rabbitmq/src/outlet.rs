@@ -27,6 +27,9 @@ pub(crate) enum OutletError {
     /// Publishing cannot work as configured (refused credentials, a missing exchange).
     #[error("RabbitMQ refused it")]
     Permanent(#[source] lapin::Error),
+    /// TLS refused the server (its certificate, or a handshake answered in plain text).
+    #[error("cannot connect over TLS")]
+    TlsRefused(#[source] errors::TlsRefused),
     /// No queue took the message: it was returned (`NO_ROUTE`), not stored.
     #[error("no queue is bound to take it: RabbitMQ returned it ({code} {text})")]
     Unroutable {
@@ -50,7 +53,11 @@ impl OutletError {
     }
 
     fn from_lapin(err: lapin::Error) -> Self {
-        if errors::is_transient(&err) { Self::Transient(err) } else { Self::Permanent(err) }
+        match errors::TlsRefused::new(err) {
+            Ok(refused) => Self::TlsRefused(refused),
+            Err(err) if errors::is_transient(&err) => Self::Transient(err),
+            Err(err) => Self::Permanent(err),
+        }
     }
 }
 

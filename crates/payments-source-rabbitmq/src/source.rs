@@ -463,6 +463,6 @@ fn source_error(config: &RabbitSourceConfig, action: &str, err: lapin::Error) ->
     if errors::is_transient(&err) {
         SourceError::unavailable_because(message, err)
     } else {
-        SourceError::failed_because(message, err)
+        SourceError::failed_because(message, errors::explained(err))
     }
 }

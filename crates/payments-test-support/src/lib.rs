@@ -13,8 +13,8 @@
 //! - [`tls`] (feature `tls`): a CA of a test's own and the server certificates it signs; with
 //!   `postgres`, a PostgreSQL cluster of a test's own with or without TLS; with `mysql`, a
 //!   MariaDB server of a test's own likewise; with `redis`, a `redis-server` serving TLS; with
-//!   `nats`, a `nats-server` serving TLS only, with JetStream. Each is stopped and removed when
-//!   dropped.
+//!   `nats`, a `nats-server` serving TLS only, with JetStream; with `rabbitmq`, a RabbitMQ node
+//!   serving TLS only. Each is stopped and removed when dropped.
 //!
 //! It depends on no crate of the workspace, so any crate (an adapter, a source, the app) may
 //! use it in its tests without reaching another adapter.

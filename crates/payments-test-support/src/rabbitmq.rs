@@ -7,6 +7,8 @@
 //! did not create: queues are deleted by the names the test made, connections are closed by their
 //! `connection_name`, one by one, never all at once (`close_all_connections` would break every
 //! other test's connections).
+//!
+//! With the `tls` feature, [`TlsRabbit`]: a TLS-only node of a test's own, beside the shared one.
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
@@ -22,6 +24,11 @@ use ::lapin::{Connection, ConnectionProperties, ErrorKind};
 use crate::proxy::TcpProxy;
 use crate::servers::BoxError;
 use crate::{Gate, Test, libtest_mimic};
+
+#[cfg(feature = "tls")]
+mod tls_server;
+#[cfg(feature = "tls")]
+pub use tls_server::{TlsRabbit, server_binary, tls_available};
 
 /// The environment variable that names the test server.
 pub const URL_ENV: &str = "PAYMENTS_TEST_AMQP_URL";
@@ -132,10 +139,12 @@ impl TestQueues {
         &self.prefix
     }
 
-    /// A queue name of this test's own, `<prefix>.<name>`, deleted by [`remove`](Self::remove).
+    /// A queue name of this test's own, `<prefix>.<name>`, deleted by [`remove`](Self::remove),
+    /// with the parking queue the adapter declares beside it (`<queue>.parked`).
     pub fn queue(&self, name: &str) -> String {
         let queue = format!("{}.{name}", self.prefix);
         self.track(&queue);
+        self.track(&format!("{queue}.parked"));
         queue
     }
 

@@ -1,8 +1,8 @@
 //! A certificate authority of a test's own, and the server certificates it signs, as PEM files in
 //! a temporary directory that is removed when the authority is dropped: for tests that start TLS
 //! servers ([`crate::postgres::TestCluster`], [`crate::redis::TlsRedis`],
-//! [`crate::nats::TlsNats`]) and connect to them with the right CA, another CA, or the wrong host
-//! name.
+//! [`crate::nats::TlsNats`], [`crate::rabbitmq::TlsRabbit`]) and connect to them with the right
+//! CA, another CA, or the wrong host name.
 //!
 //! Keys are ECDSA P-256 (rcgen with ring); certificates keep rcgen's validity (1975 to 4096), so
 //! that no clock fails a test.

@@ -179,3 +179,55 @@ pub(crate) fn refused_credentials_fail_for_good_and_amqps_speaks_tls() -> Result
         Ok::<_, Failed>(())
     })
 }
+
+/// `ssl-ca=PATH` names the only trusted roots of an `amqps://` URL, on the source and target URLs
+/// alike: checked when the URL is parsed (a file of PEM certificates), refused on `amqp://`.
+pub(crate) fn ssl_ca_is_read_with_the_url_and_needs_tls() -> Result<(), Failed> {
+    const SECRET: &str = "s3cr3t-pa55";
+    let ca = payments_test_support::tls::TestCa::new("payments test CA")?;
+    let path = ca.cert_path().display().to_string();
+    let base = format!("amqps://app:{SECRET}@mq.example:5671/%2f");
+
+    let source = RabbitSourceConfig::from_url(&format!("{base}?queue=q&ssl-ca={path}"))?;
+    assert_eq!(source.ssl_ca(), Some(ca.cert_path()));
+    assert_eq!(source.to_string(), format!("amqps://app:***@mq.example:5671/%2f?queue=q&ssl-ca={path}"));
+    assert!(format!("{source:?}").contains(&path), "{source:?}");
+    let target = RabbitTargetConfig::from_url(&format!("{base}?exchange=x&routing-key=k&ssl-ca={path}"))?;
+    assert_eq!(target.ssl_ca(), Some(ca.cert_path()));
+    assert!(format!("{target:?}").contains(&path), "{target:?}");
+    assert_eq!(RabbitSourceConfig::from_url(&format!("{base}?queue=q"))?.ssl_ca(), None);
+    assert_eq!(RabbitTargetConfig::from_url(&format!("{base}?queue=q"))?.ssl_ca(), None);
+
+    let plain = format!("amqp://app:{SECRET}@127.0.0.1:5672/%2f?queue=q&ssl-ca={path}");
+    for err in [
+        RabbitSourceConfig::from_url(&plain).map(drop).map_err(|err| error_chain(&err)),
+        RabbitTargetConfig::from_url(&plain).map(drop).map_err(|err| error_chain(&err)),
+    ] {
+        let err = err.expect_err("ssl-ca on amqp:// is refused");
+        assert!(err.contains("`ssl-ca` needs an amqps:// URL"), "{err}");
+        assert!(!err.contains(SECRET), "{err}");
+    }
+
+    let missing = ca.dir().join("missing.pem");
+    check_refused(
+        &format!("{base}?queue=q&ssl-ca={}", missing.display()),
+        &format!("cannot read ssl-ca {}", missing.display()),
+    );
+    let key_only = ca.issue(&["localhost"])?.key;
+    let not_pem = ca.dir().join("not.pem");
+    std::fs::write(&not_pem, "not a certificate")?;
+    for bad in [&key_only, &not_pem] {
+        check_refused(
+            &format!("{base}?queue=q&ssl-ca={}", bad.display()),
+            &format!("ssl-ca {} holds no valid PEM certificate", bad.display()),
+        );
+        let err = RabbitTargetConfig::from_url(&format!("{base}?queue=q&ssl-ca={}", bad.display()))
+            .expect_err("no certificate");
+        assert!(err.to_string().contains("holds no valid PEM certificate"), "{err}");
+    }
+    check_refused(&format!("{base}?queue=q&ssl-ca=a&ssl-ca=b"), "`ssl-ca` is given twice");
+    check_refused(&format!("{base}?queue=q&nope=1"), "max-deliveries and (amqps:// only) ssl-ca");
+    let err = RabbitTargetConfig::from_url(&format!("{base}?queue=q&nope=1")).expect_err("unknown");
+    assert!(err.to_string().contains("routing-key and (amqps:// only) ssl-ca"), "{err}");
+    Ok(())
+}
