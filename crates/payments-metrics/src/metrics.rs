@@ -20,7 +20,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::health::Health;
-use crate::histogram::AtomicHistogram;
+use crate::histogram::{AtomicHistogram, ShardedCounter};
 use crate::store::{Operation, StoreMeter};
 
 /// The OpenTelemetry messaging conventions' buckets for `messaging.process.duration`, in seconds.
@@ -93,7 +93,7 @@ type FloatGauge = Gauge<f64, AtomicU64>;
 #[derive(Debug)]
 struct PerOutcome {
     outcome: Outcome,
-    deliveries: Counter,
+    deliveries: ShardedCounter,
     process: AtomicHistogram,
 }
 
@@ -101,9 +101,9 @@ struct PerOutcome {
 pub struct Metrics {
     registry: Registry,
     health: Arc<Health>,
-    consumed: Counter,
+    consumed: ShardedCounter,
     outcomes: Vec<PerOutcome>,
-    deliveries: Family<Named, Counter>,
+    deliveries: Family<Named, ShardedCounter>,
     process: Family<MessagingLabels, AtomicHistogram, fn() -> AtomicHistogram>,
     destination: Arc<Destination>,
     retries: Family<Named, Counter>,
@@ -138,7 +138,7 @@ impl Metrics {
         let destination = Arc::new(destination);
         let mut registry = Registry::default();
 
-        let consumed = Family::<MessagingLabels, Counter>::default();
+        let consumed = Family::<MessagingLabels, ShardedCounter>::default();
         registry.register(
             "messaging_client_consumed_messages",
             "Messages delivered to the consumer (OpenTelemetry messaging.client.consumed.messages)",
@@ -155,7 +155,7 @@ impl Metrics {
             Unit::Seconds,
             process.clone(),
         );
-        let deliveries = Family::<Named, Counter>::default();
+        let deliveries = Family::<Named, ShardedCounter>::default();
         registry.register(
             "payments_deliveries",
             "Deliveries settled, by outcome: applied, duplicate, conflict, invalid, too_large, \
