@@ -62,6 +62,9 @@ enum Role {
     TestSupport,
     /// A store, a source or a sink.
     Adapter,
+    /// What adapters share that is no port: TLS refusals, for those that speak TLS. Depends on
+    /// no crate of the workspace.
+    AdapterSupport,
     /// The composition root.
     App,
     Xtask,
@@ -76,8 +79,9 @@ impl Role {
             "payments-simulator" => Self::Simulator,
             "payments-conformance" => Self::Conformance,
             "payments-test-support" => Self::TestSupport,
-            // The operations adapter: an Observer, a store decorator, HTTP endpoints.
+            // The operations adapter: an Observer, HTTP endpoints.
             "payments-metrics" => Self::Adapter,
+            "payments-tls" => Self::AdapterSupport,
             "payments-app" => Self::App,
             "xtask" => Self::Xtask,
             _ if AdapterKind::of(name).is_some() => Self::Adapter,
@@ -87,10 +91,12 @@ impl Role {
 
     /// Which workspace roles a crate of this role may depend on, by kind of dependency.
     fn may_depend_on(self, kind: Kind, target: Self) -> bool {
-        use Role::{Adapter, App, Conformance, Domain, Ports, Simulator, TestSupport, UseCase, Xtask};
+        use Role::{
+            Adapter, AdapterSupport, App, Conformance, Domain, Ports, Simulator, TestSupport, UseCase, Xtask,
+        };
         match (self, kind) {
             // The core knows nothing of the outside.
-            (Domain | TestSupport | Xtask, _) => false,
+            (Domain | TestSupport | AdapterSupport | Xtask, _) => false,
             (Ports, _) => target == Domain,
             // The use case runs on the ports alone (the domain comes through them), and is tested
             // with their doubles.
@@ -98,13 +104,13 @@ impl Role {
             (Conformance, _) => matches!(target, Domain | Ports | TestSupport),
             // Adapters implement the ports; their tests run the conformance suite.
             (Adapter, Kind::Dev) => matches!(target, Ports | Conformance | TestSupport),
-            (Adapter, _) => target == Ports,
+            (Adapter, _) => matches!(target, Ports | AdapterSupport),
             // The simulator drives the use case; its own tests may use a real store.
             (Simulator, Kind::Dev) => matches!(target, Domain | Ports | UseCase | Adapter),
             (Simulator, _) => matches!(target, Domain | Ports | UseCase),
             // Only the app wires adapters in.
             (App, Kind::Dev) => !matches!(target, App | Xtask),
-            (App, _) => matches!(target, Domain | Ports | UseCase | Simulator | Adapter),
+            (App, _) => matches!(target, Domain | Ports | UseCase | Simulator | Adapter | AdapterSupport),
         }
     }
 }
@@ -228,6 +234,7 @@ mod tests {
         assert_eq!(Role::of("payments-source-nats"), Some(Adapter));
         assert_eq!(Role::of("payments-sink-lines"), Some(Adapter));
         assert_eq!(Role::of("payments-metrics"), Some(Adapter));
+        assert_eq!(Role::of("payments-tls"), Some(AdapterSupport));
         assert_eq!(Role::of("payments-utils"), None);
     }
 

@@ -110,32 +110,7 @@ struct TlsRefused {
 
 /// What a TLS refusal means, for the person reading the error: `None` when `err` is not one.
 fn tls_refusal(err: &async_nats::ConnectError) -> Option<&'static str> {
-    use async_nats::rustls::{CertificateError, Error};
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = cause {
-        // tokio-rustls keeps rustls's error inside an `io::Error`, which does not show it as a
-        // source: it is reached through `get_ref`.
-        let rustls = current.downcast_ref::<Error>().or_else(|| {
-            current
-                .downcast_ref::<std::io::Error>()
-                .and_then(std::io::Error::get_ref)
-                .and_then(|inner| inner.downcast_ref::<Error>())
-        });
-        if let Some(rustls) = rustls {
-            return Some(match rustls {
-                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
-                }
-                Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name the URL's host",
-                Error::InvalidCertificate(_) => "the server's certificate was refused",
-                _ => "the TLS handshake failed (does the server speak TLS on this port?)",
-            });
-        }
-        cause = current.source();
-    }
-    None
+    payments_tls::refusal(err).map(|refusal| refusal.explain(payments_tls::Roots::SslCa))
 }
 
 /// Whether a stream could not be made for a reason that may clear (no answer, JetStream not

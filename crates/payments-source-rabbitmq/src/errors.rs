@@ -95,24 +95,7 @@ pub(crate) fn explained(err: lapin::Error) -> payments_ports::BoxError {
 /// rustls's error travels inside an `io::Error` (futures-rustls, then lapin's
 /// `ErrorKind::IOError`), which does not show it as a source: it is reached through `get_ref`.
 pub(crate) fn tls_refusal(err: &lapin::Error) -> Option<&'static str> {
-    use rustls::{CertificateError, Error};
     let ErrorKind::IOError(io) = err.kind() else { return None };
-    let mut cause: Option<&(dyn std::error::Error + 'static)> =
-        io.get_ref().map(|inner| inner as &(dyn std::error::Error + 'static));
-    while let Some(current) = cause {
-        if let Some(rustls) = current.downcast_ref::<Error>() {
-            return Some(match rustls {
-                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
-                }
-                Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name the URL's host",
-                Error::InvalidCertificate(_) => "the server's certificate was refused",
-                _ => "the TLS handshake failed (does the server speak TLS on this port?)",
-            });
-        }
-        cause = current.source();
-    }
-    None
+    let inner = io.get_ref()?;
+    payments_tls::refusal(inner).map(|refusal| refusal.explain(payments_tls::Roots::SslCa))
 }

@@ -43,34 +43,7 @@ pub(crate) fn is_transient(err: &redis::RedisError) -> bool {
 /// What a TLS refusal means, for the person reading the error: `None` when `err` is not one.
 #[cfg(feature = "tls")]
 pub(crate) fn tls_refusal(err: &redis::RedisError) -> Option<&'static str> {
-    use rustls::{CertificateError, Error};
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(current) = cause {
-        // redis keeps an I/O error behind an `Arc<dyn Error>`, and tokio-rustls keeps rustls's
-        // behind an `io::Error`: neither shows it as a source.
-        let io = current.downcast_ref::<std::io::Error>().or_else(|| {
-            current
-                .downcast_ref::<std::sync::Arc<dyn std::error::Error + Send + Sync>>()
-                .and_then(|shared| shared.downcast_ref::<std::io::Error>())
-        });
-        let rustls = current
-            .downcast_ref::<Error>()
-            .or_else(|| io.and_then(std::io::Error::get_ref).and_then(|inner| inner.downcast_ref::<Error>()));
-        if let Some(rustls) = rustls {
-            return Some(match rustls {
-                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
-                }
-                Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name the URL's host",
-                Error::InvalidCertificate(_) => "the server's certificate was refused",
-                _ => "the TLS handshake failed",
-            });
-        }
-        cause = current.source();
-    }
-    None
+    payments_tls::refusal(err).map(|refusal| refusal.explain(payments_tls::Roots::SslCa))
 }
 
 /// Without TLS built in, no error comes from it.

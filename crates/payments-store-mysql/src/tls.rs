@@ -193,25 +193,16 @@ fn system_roots() -> Result<Vec<Vec<u8>>, ConfigError> {
 /// What a TLS failure means, for the person reading the error: `None` when `err` is not one.
 pub(crate) fn explain(err: &mysql_async::Error) -> Option<&'static str> {
     use mysql_async::{DriverError, Error, IoError};
-    use rustls::CertificateError;
-    let rustls = match err {
+    match err {
         Error::Driver(DriverError::NoClientSslFlagFromServer) => {
-            return Some("the server does not offer TLS, which ssl-mode requires");
+            Some("the server does not offer TLS, which ssl-mode requires")
         }
-        Error::Io(IoError::Tls(_)) => return Some("TLS could not be set up"),
-        Error::Io(IoError::Io(io)) => io.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Error::Io(IoError::Tls(_)) => Some("TLS could not be set up"),
+        Error::Io(IoError::Io(io)) => {
+            payments_tls::refusal(io).map(|refusal| refusal.explain(payments_tls::Roots::SslCa))
+        }
         _ => None,
-    }?;
-    Some(match rustls {
-        rustls::Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-            "the server's certificate is not signed by a trusted root (the system's, or ssl-ca's)"
-        }
-        rustls::Error::InvalidCertificate(
-            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-        ) => "the server's certificate does not name the URL's host",
-        rustls::Error::InvalidCertificate(_) => "the server's certificate was refused",
-        _ => "the TLS handshake failed",
-    })
+    }
 }
 
 /// Whether TLS refused the server (its certificate, the handshake), or the server refused TLS:

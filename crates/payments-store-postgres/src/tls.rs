@@ -338,30 +338,7 @@ impl ServerCertVerifier for ChainOnly {
 
 /// What a TLS failure means, for the person reading the error: `None` when `err` is not one.
 pub(crate) fn explain(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
-    use rustls::{CertificateError, Error};
-    let mut cause = Some(err);
-    while let Some(current) = cause {
-        let rustls = current.downcast_ref::<Error>().or_else(|| {
-            current
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref())
-        });
-        if let Some(rustls) = rustls {
-            return Some(match rustls {
-                Error::InvalidCertificate(CertificateError::UnknownIssuer) => {
-                    "the server's certificate is not signed by a trusted root (the system's, or sslrootcert's)"
-                }
-                Error::InvalidCertificate(
-                    CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-                ) => "the server's certificate does not name the host connected to",
-                Error::InvalidCertificate(_) => "the server's certificate was refused",
-                _ => "the TLS handshake failed",
-            });
-        }
-        cause = current.source();
-    }
-    None
+    payments_tls::refusal(err).map(|refusal| refusal.explain(payments_tls::Roots::SslRootCert))
 }
 
 /// Whether `err` comes from the TLS layer refusing the server (its certificate, the handshake):
