@@ -66,9 +66,11 @@ fn runs(promtool: &Path) -> bool {
 }
 
 /// Downloads the `prometheus` package with apt (updating the package lists once if it is not
-/// found) and extracts its promtool into `tools`.
+/// found) and extracts its promtool into `tools`. Everything happens in folders of this process's
+/// own and the binary is renamed into place, so that two runs at once do not trip on each other.
 fn fetch(tools: &Path) -> anyhow::Result<()> {
-    let download = tools.join("download");
+    let own = std::process::id();
+    let download = tools.join(format!("download-{own}"));
     std::fs::create_dir_all(&download).with_context(|| format!("cannot create {}", download.display()))?;
     eprintln!("fetching promtool: apt-get download prometheus (into {})", download.display());
     let fetched = |download: &Path| {
@@ -90,7 +92,7 @@ fn fetch(tools: &Path) -> anyhow::Result<()> {
         .map(|entry| entry.path())
         .find(|path| path.extension().is_some_and(|ext| ext == "deb"))
         .context("apt-get download left no .deb file")?;
-    let unpacked = tools.join("unpacked");
+    let unpacked = tools.join(format!("unpacked-{own}"));
     let status = Command::new("dpkg-deb")
         .arg("-x")
         .arg(&package)
@@ -100,8 +102,10 @@ fn fetch(tools: &Path) -> anyhow::Result<()> {
     if !status.success() {
         bail!("dpkg-deb -x {} failed ({status})", package.display());
     }
-    std::fs::copy(unpacked.join("usr/bin/promtool"), tools.join("promtool"))
+    let staged = tools.join(format!("promtool-{own}"));
+    std::fs::copy(unpacked.join("usr/bin/promtool"), &staged)
         .context("the package holds no usr/bin/promtool")?;
+    std::fs::rename(&staged, tools.join("promtool")).context("cannot move promtool into place")?;
     std::fs::remove_dir_all(&unpacked)?;
     std::fs::remove_dir_all(&download)?;
     Ok(())
