@@ -14,7 +14,6 @@
 //! store outage is never the message's fault, so it is never dead-lettered for it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use payments_ports::domain::{Conflict, InvalidEvent, Payment, PaymentId, SaveOutcome, event};
 use payments_ports::{
@@ -133,7 +132,9 @@ impl Rejection {
 #[derive(Clone)]
 pub struct Handler {
     repository: Arc<dyn PaymentsRepository>,
-    /// Told how long each save took, when someone watches: unwatched, no clock is read.
+    /// Told how long each save took, when someone watches: unwatched, no clock is read. Watched,
+    /// the clock is quanta's (the CPU's time-stamp counter where it can be trusted): two
+    /// `clock_gettime` per save cost a delivery into the memory store 4% of its CPU.
     observer: Option<Arc<dyn Observer>>,
 }
 
@@ -172,9 +173,9 @@ impl Handler {
                 let saved = match &self.observer {
                     None => self.repository.save(&payment).await,
                     Some(observer) => {
-                        let started = Instant::now();
+                        let started = quanta::Instant::now();
                         let saved = self.repository.save(&payment).await;
-                        observer.saved(started.elapsed(), StoreAnswer::of(&saved));
+                        observer.saved(quanta::Instant::now() - started, StoreAnswer::of(&saved));
                         saved
                     }
                 };
