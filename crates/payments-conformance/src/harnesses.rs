@@ -28,7 +28,7 @@ use crate::{BoxError, Capabilities, Harness};
 /// # use payments_ports::PaymentsRepository;
 /// # fn open(_: std::path::PathBuf) -> Result<Arc<dyn PaymentsRepository>, payments_conformance::BoxError> { unimplemented!() }
 /// fn main() -> std::process::ExitCode {
-///     let capabilities = Capabilities { durable: true, shared: false, killable: true };
+///     let capabilities = Capabilities { durable: true, shared: false, killable: true, outbox: false };
 ///     payments_conformance::main(InTempDir::new("sqlite", capabilities, |dir| async move { open(dir) }))
 /// }
 /// ```
@@ -94,7 +94,7 @@ where
 /// # async fn connect(_: String) -> Result<Arc<dyn PaymentsRepository>, payments_conformance::BoxError> { unimplemented!() }
 /// # async fn drop_schema(_: String) -> Result<(), payments_conformance::BoxError> { unimplemented!() }
 /// fn main() -> std::process::ExitCode {
-///     let capabilities = Capabilities { durable: true, shared: true, killable: true };
+///     let capabilities = Capabilities { durable: true, shared: true, killable: true, outbox: false };
 ///     let server = OnServer::new("cockroach", capabilities, "PAYMENTS_TEST_COCKROACH_URL", "postgres://root@127.0.0.1:26257/test", "schema");
 ///     payments_conformance::main(server.opening(connect).removing(drop_schema))
 /// }

@@ -60,6 +60,10 @@ pub struct Capabilities {
     /// [`Harness::locate`] and [`Harness::open_at`]), so the suite can SIGKILL one mid-save and
     /// check what it reported new. Meaningful with `durable`.
     pub killable: bool,
+    /// The store keeps an outbox: [`PaymentsRepository::outbox`] hands out a relay's handle, and
+    /// the `Outbox` contract holds (with `durable`, across reopening; with `shared`, across
+    /// instances, each with its own relay).
+    pub outbox: bool,
 }
 
 /// A capability a case may need.
@@ -71,6 +75,12 @@ pub enum Capability {
     Shared,
     /// See [`Capabilities::killable`].
     Killable,
+    /// See [`Capabilities::outbox`].
+    Outbox,
+    /// An outbox in a durable store.
+    DurableOutbox,
+    /// An outbox in a shared store: several relays at once.
+    SharedOutbox,
 }
 
 impl Capabilities {
@@ -80,6 +90,9 @@ impl Capabilities {
             Capability::Durable => self.durable,
             Capability::Shared => self.shared,
             Capability::Killable => self.durable && self.killable,
+            Capability::Outbox => self.outbox,
+            Capability::DurableOutbox => self.outbox && self.durable,
+            Capability::SharedOutbox => self.outbox && self.shared,
         }
     }
 }
@@ -90,6 +103,9 @@ impl fmt::Display for Capability {
             Self::Durable => "durable",
             Self::Shared => "shared",
             Self::Killable => "killable",
+            Self::Outbox => "outbox",
+            Self::DurableOutbox => "durable outbox",
+            Self::SharedOutbox => "shared outbox",
         })
     }
 }

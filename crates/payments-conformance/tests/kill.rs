@@ -108,7 +108,7 @@ impl Harness for LineFileHarness {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: false, killable: true }
+        Capabilities { durable: true, shared: false, killable: true, outbox: false }
     }
 
     async fn setup(&self) -> Result<tempfile::TempDir, BoxError> {

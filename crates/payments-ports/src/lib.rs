@@ -7,6 +7,8 @@
 //!   one is acknowledged. A broker adapter implements these two.
 //! - [`DeadLetterSink`] (driven port): where messages that can never succeed are kept.
 //! - [`Publisher`] (driven port): where outgoing messages go, confirmed by their broker.
+//! - [`Outbox`] (driven port): one relay's hold on the `PaymentRecorded` events a store records
+//!   with its payments, handed out until marked published; its contract is on the trait too.
 //! - [`Observer`] (driven port): what the consumer reports as it works, for metrics and health;
 //!   [`BacklogProbe`]: how much waits on a source's broker.
 //!
@@ -16,6 +18,7 @@
 
 mod dead_letter;
 mod observer;
+mod outbox;
 mod publisher;
 mod repository;
 mod source;
@@ -25,7 +28,12 @@ pub mod testing;
 #[cfg(any(test, feature = "mock"))]
 pub use dead_letter::MockDeadLetterSink;
 pub use dead_letter::{DeadLetter, DeadLetterError, DeadLetterKind, DeadLetterSink};
-pub use observer::{Backlog, BacklogProbe, Observer, Outcome, RetryCause, StoreAnswer, Unobserved};
+pub use observer::{
+    Backlog, BacklogProbe, Observer, Outcome, RelayObserver, RetryCause, StoreAnswer, Unobserved,
+};
+#[cfg(any(test, feature = "mock"))]
+pub use outbox::MockOutbox;
+pub use outbox::{Outbox, OutboxBacklog};
 pub use publisher::{OutgoingMessage, PublishError, Publisher};
 #[cfg(any(test, feature = "mock"))]
 pub use repository::MockPaymentsRepository;

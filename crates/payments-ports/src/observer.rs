@@ -1,5 +1,5 @@
 //! The driven port for watching the consumer work: [`Observer`], which a metrics adapter
-//! implements, and [`BacklogProbe`], through which a source says how much waits on its broker.
+//! implements (and [`RelayObserver`], for an outbox relay), and [`BacklogProbe`], through which a source says how much waits on its broker.
 //!
 //! Everything here is a report, never a decision: an observer cannot change what happens to a
 //! message, and a slow one only slows the consumer down. Reports carry no payment or message ID,
@@ -147,11 +147,33 @@ pub trait Observer: Send + Sync {
     }
 }
 
+/// Watches an outbox relay work. Every method has a default that does nothing, and is called on
+/// the relay's own task: it must be quick and must not block.
+pub trait RelayObserver: Send + Sync {
+    /// `events` were published and confirmed by the broker (and then marked, or about to be).
+    fn published(&self, events: u64) {
+        let _ = events;
+    }
+
+    /// A batch could not be published; `unavailable` when it will be tried again.
+    fn publish_failed(&self, unavailable: bool) {
+        let _ = unavailable;
+    }
+
+    /// The outbox holds `pending` events not yet marked published, the oldest recorded `oldest_age`
+    /// ago (`None` when none waits).
+    fn outbox_backlog(&self, pending: u64, oldest_age: Option<Duration>) {
+        let _ = (pending, oldest_age);
+    }
+}
+
 /// An observer that watches nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Unobserved;
 
 impl Observer for Unobserved {}
+
+impl RelayObserver for Unobserved {}
 
 /// How much waits on the broker for a consumer group, as the broker counts it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

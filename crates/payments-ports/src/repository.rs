@@ -3,6 +3,8 @@
 use async_trait::async_trait;
 use payments_domain::{Payment, PaymentId, SaveOutcome};
 
+use crate::Outbox;
+
 /// A backend's own error, kept as the source of a [`RepositoryError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
@@ -99,6 +101,18 @@ pub trait PaymentsRepository: Send + Sync {
     /// When the backend does not answer, as for any call.
     async fn ping(&self) -> Result<(), RepositoryError> {
         self.count().await.map(drop)
+    }
+
+    /// A relay's handle on the store's outbox (see [`Outbox`] and its contract), turning the
+    /// outbox on first if it is off: from then on, for good and for every process that uses the
+    /// store, each payment saved as new has its `PaymentRecorded` event recorded with it.
+    /// `Ok(None)`: this store keeps no outbox. The default keeps none.
+    ///
+    /// # Errors
+    ///
+    /// When the backend fails, or when the store allows one relay at a time and one holds it.
+    async fn outbox(&self) -> Result<Option<Box<dyn Outbox>>, RepositoryError> {
+        Ok(None)
     }
 
     /// Finishes what the store has accepted and releases what it holds (a writer thread, a pool,

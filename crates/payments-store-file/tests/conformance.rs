@@ -11,7 +11,7 @@ use payments_store_file::FilePaymentsRepository;
 
 fn main() -> ExitCode {
     // Everything survives a reopen and a SIGKILL; the journal is locked to one instance at a time.
-    let capabilities = Capabilities { durable: true, shared: false, killable: true };
+    let capabilities = Capabilities { durable: true, shared: false, killable: true, outbox: false };
     payments_conformance::main(InTempDir::new("file", capabilities, |dir| async move {
         let path = dir.join("payments.journal");
         let store = tokio::task::spawn_blocking(move || FilePaymentsRepository::open(path)).await??;

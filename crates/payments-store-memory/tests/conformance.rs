@@ -20,7 +20,7 @@ impl Harness for MemoryHarness {
 
     /// Forgets everything when dropped, and lives in one process only.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: false, shared: false, killable: false }
+        Capabilities { durable: false, shared: false, killable: false, outbox: true }
     }
 
     async fn setup(&self) -> Result<(), BoxError> {

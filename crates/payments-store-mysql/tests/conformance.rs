@@ -22,7 +22,7 @@ impl Harness for MysqlHarness {
 
     /// Survives reconnecting and SIGKILLs, and several pools (several processes) share one database.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true, killable: true }
+        Capabilities { durable: true, shared: true, killable: true, outbox: false }
     }
 
     async fn available(&self) -> Result<(), String> {

@@ -22,7 +22,7 @@ impl Harness for PostgresHarness {
 
     /// Survives reconnecting and SIGKILLs, and several pools (several processes) share one schema.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true, killable: true }
+        Capabilities { durable: true, shared: true, killable: true, outbox: false }
     }
 
     async fn available(&self) -> Result<(), String> {

@@ -125,7 +125,7 @@ impl Harness for BrokenHarness {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true, killable: false }
+        Capabilities { durable: true, shared: true, killable: false, outbox: false }
     }
 
     async fn setup(&self) -> Result<Map, BoxError> {
