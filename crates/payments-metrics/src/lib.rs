@@ -15,6 +15,7 @@
 mod health;
 mod histogram;
 mod metrics;
+mod relay;
 mod server;
 mod store;
 mod watch;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use payments_ports::{DeadLetterKind, Observer, Outcome, RetryCause, StoreAnswer};
+use payments_ports::{DeadLetterKind, Observer, Outcome, RelayObserver, RetryCause, StoreAnswer};
 use prometheus_client::encoding::{EncodeLabel, EncodeLabelSet, LabelSetEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -21,6 +21,7 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::health::Health;
 use crate::histogram::{AtomicHistogram, ShardedCounter};
+use crate::relay::RelayMeter;
 use crate::store::{Operation, StoreMeter};
 
 /// The OpenTelemetry messaging conventions' buckets for `messaging.process.duration`, in seconds.
@@ -75,9 +76,9 @@ impl EncodeLabelSet for MessagingLabels {
 
 /// One label whose value is a name from a fixed set.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Named {
-    key: &'static str,
-    value: &'static str,
+pub(crate) struct Named {
+    pub(crate) key: &'static str,
+    pub(crate) value: &'static str,
 }
 
 impl EncodeLabelSet for Named {
@@ -87,7 +88,7 @@ impl EncodeLabelSet for Named {
 }
 
 /// A gauge that holds a float (seconds, a timestamp).
-type FloatGauge = Gauge<f64, AtomicU64>;
+pub(crate) type FloatGauge = Gauge<f64, AtomicU64>;
 
 /// The series one outcome updates, made once so that a delivery costs no label lookup.
 #[derive(Debug)]
@@ -119,6 +120,9 @@ pub struct Metrics {
     source_waiting: Family<MessagingLabels, Gauge>,
     source_unacknowledged: Family<MessagingLabels, Gauge>,
     store: StoreMeter,
+    relay: Option<RelayMeter>,
+    /// Whether a consumer reports here: its loop then beats for liveness, not the relay's.
+    consumer: bool,
 }
 
 impl fmt::Debug for Metrics {
@@ -135,11 +139,36 @@ impl Metrics {
     /// The metrics of a consumer reading from `destination` into the store called `store` (the
     /// `store` label: `file`, `postgres`, …), in a registry of their own.
     pub fn new(destination: Destination, store: &str) -> Self {
+        Self::build(destination, store, true)
+    }
+
+    /// The metrics of a relay alone (`payments-app relay`): the store's and the outbox's, without
+    /// the consumer's series, which would sit at 0 and mislead.
+    pub fn relay_only(store: &str) -> Self {
+        let destination = Destination { system: "outbox".into(), name: store.into(), group: None };
+        Self::build(destination, store, false).with_relay()
+    }
+
+    /// Registers the outbox relay's metrics too, for a consumer that relays its outbox
+    /// (`consume --publish-to`); until then, reports to it as a [`RelayObserver`] are dropped.
+    #[must_use]
+    pub fn with_relay(mut self) -> Self {
+        if self.relay.is_none() {
+            self.relay = Some(RelayMeter::register(&mut self.registry));
+        }
+        self
+    }
+
+    fn build(destination: Destination, store: &str, consumer: bool) -> Self {
         let destination = Arc::new(destination);
         let mut registry = Registry::default();
+        // Series nobody serves when the process does not consume: made, so that reports to them
+        // cost what they always do, and never shown.
+        let mut unserved = Registry::default();
+        let serving = if consumer { &mut registry } else { &mut unserved };
 
         let consumed = Family::<MessagingLabels, ShardedCounter>::default();
-        registry.register(
+        serving.register(
             "messaging_client_consumed_messages",
             "Messages delivered to the consumer (OpenTelemetry messaging.client.consumed.messages)",
             consumed.clone(),
@@ -148,7 +177,7 @@ impl Metrics {
             Family::<MessagingLabels, AtomicHistogram, fn() -> AtomicHistogram>::new_with_constructor(
                 process_histogram as fn() -> AtomicHistogram,
             );
-        registry.register_with_unit(
+        serving.register_with_unit(
             "messaging_process_duration",
             "Time from a delivery's arrival to its settlement (OpenTelemetry messaging.process.duration); \
              error_type is set when it was dead-lettered or left unacknowledged",
@@ -156,61 +185,61 @@ impl Metrics {
             process.clone(),
         );
         let deliveries = Family::<Named, ShardedCounter>::default();
-        registry.register(
+        serving.register(
             "payments_deliveries",
             "Deliveries settled, by outcome: applied, duplicate, conflict, invalid, too_large, \
              too_many_attempts (the four dead-lettered), unsettled (left for redelivery)",
             deliveries.clone(),
         );
         let retries = Family::<Named, Counter>::default();
-        registry.register(
+        serving.register(
             "payments_retries",
             "Times a delivery was handled again after a backoff, by cause: store or dead_letters unavailable",
             retries.clone(),
         );
         let dead_letters = Family::<Named, Counter>::default();
-        registry.register("payments_dead_letters", "Dead letters written, by kind", dead_letters.clone());
+        serving.register("payments_dead_letters", "Dead letters written, by kind", dead_letters.clone());
         let dead_letter_failures = Family::<Named, Counter>::default();
-        registry.register(
+        serving.register(
             "payments_dead_letter_failures",
             "Dead letters that could not be written (the delivery is retried or the consumer stops), by kind",
             dead_letter_failures.clone(),
         );
         let attempts = AtomicHistogram::counts(&ATTEMPT_BUCKETS);
-        registry.register(
+        serving.register(
             "payments_delivery_attempts",
             "The attempt number of each delivery, as the source counts it (1 for a first delivery)",
             attempts.clone(),
         );
         let oldest_in_flight = FloatGauge::default();
-        registry.register_with_unit(
+        serving.register_with_unit(
             "payments_oldest_in_flight",
             "How long the oldest delivery in flight has been held; 0 when none is",
             Unit::Seconds,
             oldest_in_flight.clone(),
         );
         let last_delivery = FloatGauge::default();
-        registry.register_with_unit(
+        serving.register_with_unit(
             "payments_last_delivery_timestamp",
             "When the last delivery was settled (to the second), in seconds since the Unix epoch; 0 before the first",
             Unit::Seconds,
             last_delivery.clone(),
         );
         let source_up = Gauge::default();
-        registry.register(
+        serving.register(
             "payments_source_up",
             "Whether the source's broker answered last time it was asked",
             source_up.clone(),
         );
         let source_waiting = Family::<MessagingLabels, Gauge>::default();
-        registry.register(
+        serving.register(
             "payments_source_backlog_messages",
             "Messages waiting on the broker for this consumer group, not delivered yet, as the broker \
              counts them (absent where it cannot tell)",
             source_waiting.clone(),
         );
         let source_unacknowledged = Family::<MessagingLabels, Gauge>::default();
-        registry.register(
+        serving.register(
             "payments_source_unacknowledged_messages",
             "Messages delivered to this consumer group and not acknowledged yet, as the broker counts \
              them (absent where it cannot tell)",
@@ -262,6 +291,8 @@ impl Metrics {
             source_waiting,
             source_unacknowledged,
             store,
+            relay: None,
+            consumer,
         }
     }
 
@@ -385,5 +416,30 @@ impl Observer for Metrics {
 
     fn source_reachable(&self, reachable: bool) {
         self.set_source_up(reachable);
+    }
+}
+
+impl RelayObserver for Metrics {
+    fn published(&self, events: u64) {
+        if let Some(relay) = &self.relay {
+            relay.published.inc_by(events);
+        }
+    }
+
+    fn publish_failed(&self, unavailable: bool) {
+        if let Some(relay) = &self.relay {
+            relay.publish_failed(unavailable);
+        }
+    }
+
+    fn outbox_backlog(&self, pending: u64, oldest_age: Option<Duration>) {
+        if let Some(relay) = &self.relay {
+            relay.pending.set(i64::try_from(pending).unwrap_or(i64::MAX));
+            relay.oldest_age.set(oldest_age.unwrap_or_default().as_secs_f64());
+        }
+        // The relay's loop reports at least once a second: the liveness of a relay alone.
+        if !self.consumer {
+            self.health.beat();
+        }
     }
 }
