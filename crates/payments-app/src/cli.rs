@@ -50,6 +50,9 @@ pub(crate) enum Command {
     /// Publish each line of a file (or stdin) as one message to a broker, confirmed by it: for
     /// demos, tests and benchmarks.
     Publish(Box<PublishArgs>),
+    /// Publish the PaymentRecorded events of a store's outbox to a broker, each at least once and
+    /// always under the same message ID, marking them published once the broker confirms.
+    Relay(Box<RelayArgs>),
 }
 
 /// `--concurrency`, shared by the commands that run a consumer.
@@ -123,6 +126,16 @@ pub(crate) struct ConsumeArgs {
     /// `HOST:PORT` (port 0: any free one, printed at start). Off by default.
     #[arg(long, env = "PAYMENTS_METRICS_ADDR")]
     pub(crate) metrics_addr: Option<String>,
+    /// Relay the store's outbox from this process: publish the PaymentRecorded event of every
+    /// payment recorded to this target (same forms as `publish --to`), marked published once the
+    /// broker confirms. Turns the outbox on. At the end of a finite input, everything recorded is
+    /// published before exit; on a signal, what is left is said and left for the next relay.
+    #[arg(long, env = "PAYMENTS_RELAY_TO", hide_env_values = true, value_parser = Secret::<TargetSpec>::new())]
+    pub(crate) publish_to: Option<TargetSpec>,
+    /// Turn the store's outbox on (for good, for every process using the store) without relaying
+    /// here: for consumers whose events a separate `payments-app relay` publishes.
+    #[arg(long, env = "PAYMENTS_OUTBOX")]
+    pub(crate) outbox: bool,
 }
 
 #[derive(Args, Debug)]
@@ -144,6 +157,34 @@ pub(crate) struct PublishArgs {
     /// The longest line, in bytes (default 64 KiB); a longer one stops the run, named.
     #[arg(long, env = "PAYMENTS_MAX_MESSAGE_BYTES")]
     pub(crate) max_message_bytes: Option<usize>,
+    #[command(flatten)]
+    pub(crate) reporting: Reporting,
+}
+
+#[derive(Args, Debug)]
+pub(crate) struct RelayArgs {
+    #[arg(long, default_value = DEFAULT_STORE, help = store_help(), env = "PAYMENTS_STORE", hide_env_values = true, value_parser = Secret::<StoreSpec>::new())]
+    pub(crate) store: StoreSpec,
+    /// Where the events go, in the forms of `publish --to`: `redis://HOST:PORT[/DB]?stream=NAME`,
+    /// `nats://HOST:PORT?stream=NAME&subject=SUBJECT` (the message ID goes in `Nats-Msg-Id`, so
+    /// JetStream drops republications within its duplicate window), or
+    /// `amqp://USER:PASS@HOST:PORT/VHOST?queue=NAME`.
+    #[arg(long, env = "PAYMENTS_RELAY_TO", hide_env_values = true, value_parser = Secret::<TargetSpec>::new())]
+    pub(crate) to: TargetSpec,
+    /// Exit (status 0) once the outbox has been empty for this many seconds. Default: run until
+    /// a signal.
+    #[arg(long, env = "PAYMENTS_STOP_WHEN_IDLE")]
+    pub(crate) stop_when_idle: Option<f64>,
+    /// How many events are claimed, published and marked at once.
+    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..), env = "PAYMENTS_RELAY_BATCH")]
+    pub(crate) batch: u16,
+    /// How long, in seconds, the broker or the store may stay unavailable before the relay stops.
+    #[arg(long, default_value_t = 60.0, env = "PAYMENTS_RETRY_LIMIT_SECS")]
+    pub(crate) retry_limit_secs: f64,
+    /// Serve Prometheus metrics at `/metrics`, and health at `/livez` and `/readyz`, on this
+    /// `HOST:PORT` (port 0: any free one, printed at start). Off by default.
+    #[arg(long, env = "PAYMENTS_METRICS_ADDR")]
+    pub(crate) metrics_addr: Option<String>,
     #[command(flatten)]
     pub(crate) reporting: Reporting,
 }

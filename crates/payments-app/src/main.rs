@@ -3,11 +3,13 @@
 //! ```text
 //! payments-app consume  [--store STORE] [--input PATH|-|URL] [--dead-letter PATH|URL] [--concurrency N] [--report json]
 //!                       [--max-message-bytes N] [--max-line-bytes N] [--retry-limit-secs S] [--stop-when-idle SECS]
-//!                       [--metrics-addr HOST:PORT] [--log-format text|json]
+//!                       [--metrics-addr HOST:PORT] [--publish-to URL] [--outbox] [--log-format text|json]
 //! payments-app export   [--store STORE] [--log-format text|json]
 //! payments-app simulate [--store STORE] [--payments N] [--duplicate-rate R] [--crash-rate C] [--conflict-rate K]
 //!                       [--invalid-rate I] [--seed S] [--concurrency N] [--report json] [--log-format text|json]
 //! payments-app publish  --to URL [--input PATH|-] [--max-message-bytes N] [--report json] [--log-format text|json]
+//! payments-app relay    --to URL [--store STORE] [--stop-when-idle SECS] [--batch N] [--retry-limit-secs S]
+//!                       [--metrics-addr HOST:PORT] [--report json] [--log-format text|json]
 //! ```
 //!
 //! Every flag can also come from an environment variable, which `--help` names
@@ -35,13 +37,16 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use payments_app::adapters::{DEFAULT_MAX_MESSAGE_BYTES, InputSpec, Operations, SourceOptions, StoreSpec};
-use payments_consumer::{Consumer, ConsumerConfig, Ending, Handler, RetryPolicy, Run};
+use payments_consumer::{
+    Consumer, ConsumerConfig, Ending, Handler, Relay, RelayConfig, RelayControl, RelayEnding, RelayRun,
+    RetryPolicy, Run,
+};
 use payments_ports::domain::event;
-use payments_ports::{OutgoingMessage, Payload, RepositoryError, error_chain};
+use payments_ports::{Outbox, OutgoingMessage, Payload, PaymentsRepository, RepositoryError, error_chain};
 use payments_simulator::DEFAULT_VISIBILITY_TIMEOUT;
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{Cli, Command, ConsumeArgs, ExportArgs, PublishArgs, SimulateArgs};
+use crate::cli::{Cli, Command, ConsumeArgs, ExportArgs, PublishArgs, RelayArgs, SimulateArgs};
 use crate::output::{detail, say};
 use crate::progress::Progress;
 
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
             Command::Export(args) => export(args).await,
             Command::Simulate(args) => simulate(args).await,
             Command::Publish(args) => publish(*args).await,
+            Command::Relay(args) => relay(*args).await,
         }
     });
     // Everything the command had to finish is finished; what is left is at most a read of stdin
@@ -74,23 +80,33 @@ fn fail(err: &anyhow::Error) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// A flag's number of seconds as a duration.
+fn seconds(flag: &str, secs: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(secs).with_context(|| format!("{flag} {secs} is not a duration"))
+}
+
 async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
-    let retry_limit = Duration::try_from_secs_f64(args.retry_limit_secs)
-        .with_context(|| format!("--retry-limit-secs {} is not a duration", args.retry_limit_secs))?;
-    let stop_when_idle = args
-        .stop_when_idle
-        .map(|secs| {
-            Duration::try_from_secs_f64(secs)
-                .with_context(|| format!("--stop-when-idle {secs} is not a duration"))
-        })
-        .transpose()?;
+    let retry_limit = seconds("--retry-limit-secs", args.retry_limit_secs)?;
+    let stop_when_idle = args.stop_when_idle.map(|secs| seconds("--stop-when-idle", secs)).transpose()?;
     // Serving first, so that a probe gets "still starting" while the store and the broker are
     // reached, rather than no answer.
-    let mut operations = Operations::start(args.metrics_addr.as_deref(), &args.input, &args.store).await?;
+    let mut operations =
+        Operations::start(args.metrics_addr.as_deref(), &args.input, &args.store, args.publish_to.is_some())
+            .await?;
     if let Some(address) = operations.address() {
         say(&format!("serving /metrics, /livez and /readyz on http://{address}"));
     }
     let repository = args.store.open().await?;
+    // The outbox is on before the first save, so that every payment this run records has its event.
+    let outbox = if args.publish_to.is_some() || args.outbox {
+        Some(open_outbox(repository.as_ref(), &args.store).await?)
+    } else {
+        None
+    };
+    let publisher = match &args.publish_to {
+        Some(target) => Some(target.open().await?),
+        None => None,
+    };
     let dead_letter_spec = args.dead_letter.clone().unwrap_or_else(|| args.store.default_dead_letters());
     let dead_letters = dead_letter_spec.open().await?;
     let concurrency = usize::from(args.concurrency.concurrency);
@@ -119,17 +135,131 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 
     let shutdown = shutdown_on_signals()?;
     operations.stop_being_ready_on(&shutdown);
+    // The relay runs beside the consumer. A relay that gives up stops the consumer too: events
+    // piling up unpublished are a failure for the supervisor to see, not to hide.
+    let consumer_stop = shutdown.child_token();
+    let relay_control = RelayControl { shutdown: shutdown.clone(), drain: CancellationToken::new() };
+    let relaying = match (outbox, publisher.clone()) {
+        (Some(outbox), Some(publisher)) => {
+            let config = RelayConfig {
+                retry: RetryPolicy { give_up_after: retry_limit, ..RetryPolicy::default() },
+                ..RelayConfig::default()
+            };
+            let mut relay = Relay::new(outbox, publisher, config);
+            if let Some(observer) = operations.relay_observer() {
+                relay = relay.with_observer(observer);
+            }
+            let (control, stop) = (relay_control.clone(), consumer_stop.clone());
+            Some(tokio::spawn(async move {
+                let run = relay.run(control).await;
+                if let RelayEnding::Stopped(err) = &run.ending {
+                    output::error(&format!("the outbox relay stopped: {}", error_chain(err)));
+                    stop.cancel();
+                }
+                run
+            }))
+        }
+        // `--outbox` alone: on, for another process to relay.
+        (outbox, _) => {
+            drop(outbox);
+            None
+        }
+    };
     let progress = Progress::new(!output::json());
-    let run = consumer.run(source, shutdown, &mut |summary| progress.update(summary)).await;
+    let run = consumer.run(source, consumer_stop, &mut |summary| progress.update(summary)).await;
     progress.finish();
+    // A finite input ended: publish what it recorded before exiting. Otherwise leave it.
+    match run.ending {
+        Ending::Exhausted | Ending::Idle => relay_control.drain.cancel(),
+        Ending::ShutDown | Ending::Stopped(_) => relay_control.shutdown.cancel(),
+    }
+    let relayed = match relaying {
+        Some(task) => Some(task.await.context("the outbox relay panicked")?),
+        None => None,
+    };
     operations.stopping();
     // What the store and the sink accepted is finished before the process says it is done.
     let closed = (repository.close().await, dead_letters.close().await);
+    if let Some(publisher) = publisher {
+        publisher.close().await.context("cannot close the publisher")?;
+    }
     operations.stop().await;
-    let code = report(&run);
+    let mut code = report(&run);
+    if let (Some(relayed), Some(target)) = (&relayed, &args.publish_to)
+        && report_relay(relayed, target) != ExitCode::SUCCESS
+    {
+        code = ExitCode::FAILURE;
+    }
     args.reporting.print(&run.summary)?;
     closed.0.context("cannot close the store")?;
     closed.1.context("cannot close the dead-letter sink")?;
+    Ok(code)
+}
+
+/// A relay's handle on the store's outbox, which this turns on.
+async fn open_outbox(
+    repository: &dyn PaymentsRepository,
+    store: &StoreSpec,
+) -> anyhow::Result<Box<dyn Outbox>> {
+    repository.outbox().await.with_context(|| format!("cannot open the outbox of {store}"))?.with_context(
+        || {
+            format!(
+                "the {} store keeps no outbox: use a file, postgres or memory store to relay",
+                store.entry().name
+            )
+        },
+    )
+}
+
+/// Says what the relay did and how it ended, and chooses its exit status.
+fn report_relay(run: &RelayRun, target: &impl std::fmt::Display) -> ExitCode {
+    let left = match run.left {
+        Some(0) => String::new(),
+        Some(left) => format!("; {left} events left in the outbox for the next relay"),
+        None => "; the outbox could not say how many events are left".to_owned(),
+    };
+    say(&format!("relayed {} events to {target}{left}", run.published));
+    match &run.ending {
+        RelayEnding::Stopped(err) => {
+            output::error(&format!("the outbox relay stopped: {}", error_chain(err)));
+            ExitCode::FAILURE
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+async fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
+    let retry_limit = seconds("--retry-limit-secs", args.retry_limit_secs)?;
+    let stop_when_idle = args.stop_when_idle.map(|secs| seconds("--stop-when-idle", secs)).transpose()?;
+    let operations = Operations::start_relay(args.metrics_addr.as_deref(), &args.store).await?;
+    if let Some(address) = operations.address() {
+        say(&format!("serving /metrics, /livez and /readyz on http://{address}"));
+    }
+    let repository = args.store.open().await?;
+    let outbox = open_outbox(repository.as_ref(), &args.store).await?;
+    let publisher = args.to.open().await?;
+    let mut operations = operations;
+    operations.started(Arc::clone(&repository), None);
+    let config = RelayConfig {
+        batch: usize::from(args.batch),
+        retry: RetryPolicy { give_up_after: retry_limit, ..RetryPolicy::default() },
+        stop_when_idle,
+        ..RelayConfig::default()
+    };
+    let mut relay = Relay::new(outbox, Arc::clone(&publisher), config);
+    if let Some(observer) = operations.relay_observer() {
+        relay = relay.with_observer(observer);
+    }
+    let shutdown = shutdown_on_signals()?;
+    operations.stop_being_ready_on(&shutdown);
+    let run = relay.run(RelayControl { shutdown, drain: CancellationToken::new() }).await;
+    operations.stopping();
+    let closed = (publisher.close().await, repository.close().await);
+    operations.stop().await;
+    let code = report_relay(&run, &args.to);
+    args.reporting.print(&serde_json::json!({ "published": run.published, "left": run.left }))?;
+    closed.0.context("cannot close the publisher")?;
+    closed.1.context("cannot close the store")?;
     Ok(code)
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use payments_metrics::{Destination, Endpoints, Metrics};
-use payments_ports::{BacklogProbe, BoxError, Observer, PaymentsRepository};
+use payments_ports::{BacklogProbe, BoxError, Observer, PaymentsRepository, RelayObserver};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -39,11 +39,26 @@ impl Operations {
         address: Option<&str>,
         input: &InputSpec,
         store: &StoreSpec,
+        relaying: bool,
     ) -> Result<Self, OpenError> {
+        let metrics = Metrics::new(input.destination(), store.entry().name);
+        Self::serve(address, if relaying { metrics.with_relay() } else { metrics }).await
+    }
+
+    /// Serves the endpoints on `address` for a relay alone (`payments-app relay`) of `store`.
+    ///
+    /// # Errors
+    ///
+    /// When the address cannot be listened on.
+    pub async fn start_relay(address: Option<&str>, store: &StoreSpec) -> Result<Self, OpenError> {
+        Self::serve(address, Metrics::relay_only(store.entry().name)).await
+    }
+
+    async fn serve(address: Option<&str>, metrics: Metrics) -> Result<Self, OpenError> {
         let Some(address) = address else { return Ok(Self(None)) };
         let failed = |source: BoxError| OpenError::Metrics { address: address.to_owned(), source };
         let listener = TcpListener::bind(address).await.map_err(|err| failed(err.into()))?;
-        let metrics = Arc::new(Metrics::new(input.destination(), store.entry().name));
+        let metrics = Arc::new(metrics);
         let stop = CancellationToken::new();
         let endpoints = Endpoints::serve(listener, Arc::clone(&metrics), stop.clone())
             .map_err(|err| failed(err.into()))?;
@@ -59,6 +74,11 @@ impl Operations {
     /// save.
     pub fn observer(&self) -> Option<Arc<dyn Observer>> {
         self.0.as_ref().map(|active| Arc::clone(&active.metrics) as Arc<dyn Observer>)
+    }
+
+    /// What an outbox relay reports to, when metrics are on.
+    pub fn relay_observer(&self) -> Option<Arc<dyn RelayObserver>> {
+        self.0.as_ref().map(|active| Arc::clone(&active.metrics) as Arc<dyn RelayObserver>)
     }
 
     /// Start-up is done: the store and the source are open. Readiness may pass from now on, and
