@@ -277,7 +277,7 @@ use {snake}::{ty}PaymentsRepository;
 fn main() -> ExitCode {{
     // What the store can do: a case for a capability it does not declare is reported as skipped,
     // by name. A store on a server uses payments_conformance::harnesses::OnServer instead.
-    let capabilities = Capabilities {{ durable: true, shared: true, killable: true }};
+    let capabilities = Capabilities {{ durable: true, shared: true, killable: true, outbox: true }};
     payments_conformance::main(InTempDir::new(\"{backend}\", capabilities, |dir| async move {{
         let store = {ty}PaymentsRepository::open(&dir.join(\"payments\").display().to_string()).await?;
         Ok(Arc::new(store) as Arc<dyn PaymentsRepository>)
