@@ -7,8 +7,10 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use payments_ports::domain::RecordedAt;
+
 use crate::OpenError;
-use crate::format::{self, BadHeader, HEADER_LEN, MAX_RECORD, Parsed};
+use crate::format::{self, BadHeader, HEADER_LEN, MAX_RECORD, Parsed, Version};
 use crate::index::Index;
 
 /// How much of the journal is read at a time while recovering.
@@ -16,9 +18,6 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// How often the lock is tried, 10 ms apart, before the journal counts as locked.
 const LOCK_ATTEMPTS: u32 = 20;
-
-/// The shortest record, for sizing the index from the file's length.
-const MIN_RECORD: u64 = 20;
 
 /// An open, locked, recovered journal.
 #[derive(Debug)]
@@ -33,10 +32,15 @@ pub(crate) struct Opened {
     pub(crate) dropped_bytes: u64,
     /// The journal's length: where the next record goes.
     pub(crate) len: u64,
+    /// Its format version, which every record appended to it keeps.
+    pub(crate) version: Version,
+    /// The journal's modification time when it was opened: no earlier than any record in it was
+    /// written, so the time a version-1 record (which has none of its own) is recorded no later than.
+    pub(crate) modified: RecordedAt,
 }
 
-/// `<journal>.lock`, `<journal>.tmp`: files that live beside the journal.
-fn beside(path: &Path, suffix: &str) -> PathBuf {
+/// `<journal>.lock`, `<journal>.tmp`, `<journal>.outbox`: files that live beside the journal.
+pub(crate) fn beside(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -46,7 +50,7 @@ fn io_error<'p>(action: &'static str, path: &'p Path) -> impl FnOnce(io::Error) 
     move |source| OpenError::Io { action, path: path.to_owned(), source }
 }
 
-fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
+pub(crate) fn owner_only(options: &mut OpenOptions) -> &mut OpenOptions {
     #[cfg(unix)]
     options.mode(0o600);
     options
@@ -69,16 +73,21 @@ pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
         Err(err) => return Err(io_error("inspect", path)(err)),
     };
     let mut file = OpenOptions::new().read(true).append(true).open(path).map_err(io_error("open", path))?;
-    let len = file.metadata().map_err(io_error("inspect", path))?.len();
+    let metadata = file.metadata().map_err(io_error("inspect", path))?;
+    let len = metadata.len();
+    // Before anything below cuts a torn tail, which would move it on. Where the platform keeps no
+    // modification time, now is a later time still.
+    let modified =
+        RecordedAt::from_system_time(metadata.modified().unwrap_or_else(|_| std::time::SystemTime::now()));
 
     let mut header = [0u8; HEADER_LEN];
     let header_len = read_up_to(&mut file, &mut header).map_err(io_error("read", path))?;
-    format::check_header(&header[..header_len]).map_err(|bad| match bad {
+    let version = format::check_header(&header[..header_len]).map_err(|bad| match bad {
         BadHeader::NotAJournal(detail) => OpenError::NotAJournal { path: path.to_owned(), detail },
         BadHeader::UnknownVersion(version) => OpenError::UnknownVersion { path: path.to_owned(), version },
     })?;
 
-    let (index, end) = scan(&mut file, len, path)?;
+    let (index, end) = scan(&mut file, version, len, path)?;
     let dropped_bytes = len - end;
     if dropped_bytes > 0 {
         // A torn tail: a write that a crash cut short, never acknowledged. Cut it off before
@@ -103,7 +112,7 @@ pub(crate) fn open(path: &Path) -> Result<Opened, OpenError> {
         let shown = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
         tracing::warn!(journal = %shown.display(), "created a new, empty journal; if one was expected here, stop now");
     }
-    Ok(Opened { file, lock, index, dropped_bytes, len: end })
+    Ok(Opened { file, lock, index, dropped_bytes, len: end, version, modified })
 }
 
 /// Takes the exclusive lock on `<journal>.lock`, held until the returned file is closed.
@@ -132,14 +141,15 @@ fn take_lock(path: &Path) -> Result<File, OpenError> {
     }
 }
 
-/// Creates an empty journal atomically: header into a temporary file, synced, renamed into place,
-/// and the directory synced, so that a crash leaves either no journal or a valid empty one.
+/// Creates an empty journal of the latest version atomically: header into a temporary file,
+/// synced, renamed into place, and the directory synced, so that a crash leaves either no journal
+/// or a valid empty one.
 fn create(path: &Path) -> Result<(), OpenError> {
     let temporary = beside(path, ".tmp");
     let mut file = owner_only(OpenOptions::new().create(true).write(true).truncate(true))
         .open(&temporary)
         .map_err(io_error("create", &temporary))?;
-    file.write_all(&format::header()).map_err(io_error("write the header of", &temporary))?;
+    file.write_all(&format::header(Version::LATEST)).map_err(io_error("write the header of", &temporary))?;
     file.sync_all().map_err(io_error("sync", &temporary))?;
     drop(file);
     std::fs::rename(&temporary, path).map_err(io_error("move the new journal into place at", path))?;
@@ -162,7 +172,7 @@ fn create_directories(dir: &Path) -> io::Result<()> {
 }
 
 /// Makes a file's creation or renaming durable.
-fn sync_directory(path: &Path) -> io::Result<()> {
+pub(crate) fn sync_directory(path: &Path) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -181,9 +191,16 @@ fn read_up_to(file: &mut File, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Reads records after the header; returns the index and the offset where the good records end.
-pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index, u64), OpenError> {
-    let estimate = usize::try_from((len - HEADER_LEN as u64) / MIN_RECORD).unwrap_or(usize::MAX);
+/// Reads the records of a journal of `version` after the header; returns the index and the offset
+/// where the good records end.
+pub(crate) fn scan(
+    file: &mut impl Read,
+    version: Version,
+    len: u64,
+    path: &Path,
+) -> Result<(Index, u64), OpenError> {
+    let shortest = version.min_record() as u64;
+    let estimate = usize::try_from(len.saturating_sub(HEADER_LEN as u64) / shortest).unwrap_or(usize::MAX);
     let mut reader = Chunks::new(file, HEADER_LEN as u64, len);
     // Sized for the shortest records; trimmed below once the real count is known.
     let mut index = Index::with_capacity(estimate, estimate.saturating_mul(8));
@@ -194,8 +211,8 @@ pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index
             index.shrink_to_fit();
             return Ok((index, reader.offset()));
         }
-        match format::parse(bytes) {
-            Parsed::Payment(payment, len) => {
+        match format::parse(version, bytes) {
+            Parsed::Record(format::Record { payment, .. }, len) => {
                 if index.insert_if_absent(&payment).is_err() {
                     return Err(corrupt(
                         reader.offset(),
@@ -216,7 +233,7 @@ pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index
                     _ => "the record is cut short",
                 };
                 let bad = reader.offset();
-                if let Some(next) = next_record(&mut reader).map_err(io_error("read", path))? {
+                if let Some(next) = next_record(&mut reader, version).map_err(io_error("read", path))? {
                     return Err(corrupt(
                         bad,
                         format!(
@@ -233,14 +250,14 @@ pub(crate) fn scan(file: &mut impl Read, len: u64, path: &Path) -> Result<(Index
 }
 
 /// The offset of the first record after the current one that has a valid checksum, if any.
-fn next_record<R: Read>(reader: &mut Chunks<'_, R>) -> io::Result<Option<u64>> {
+fn next_record<R: Read>(reader: &mut Chunks<'_, R>, version: Version) -> io::Result<Option<u64>> {
     loop {
         reader.advance(1);
         let bytes = reader.at_least(MAX_RECORD)?;
         if bytes.is_empty() {
             return Ok(None);
         }
-        if let Parsed::Payment(..) | Parsed::Invalid(_) = format::parse(bytes) {
+        if let Parsed::Record(..) | Parsed::Invalid(_) = format::parse(version, bytes) {
             return Ok(Some(reader.offset()));
         }
     }

@@ -16,27 +16,63 @@
 //!   damaged record followed by good ones is corruption, and opening fails with the byte offset.
 //! - **One writer.** `<journal>.lock` is locked exclusively while the journal is open.
 //!
-//! The format is described in `format.rs` and docs/adr/0001-journal-format.md.
+//! The format is described in `format.rs` and docs/adr/0001-journal-format.md. New journals are
+//! version 2, whose records carry the time each payment was recorded; version-1 journals, from
+//! before the outbox, still open and are still written as version 1.
+//!
+//! # The outbox
+//!
+//! The journal already is the ordered log of recorded payments, so the outbox is always on and
+//! costs a save nothing: every record is the `PaymentRecorded` event of its payment, written in
+//! the same `write` and made durable by the same `fdatasync`. [`PaymentsRepository::outbox`] hands
+//! out a relay's handle on it.
+//!
+//! - **The relay position** is a checkpoint beside the journal, `<journal>.outbox`: a small
+//!   versioned, checksummed record of the byte offset up to which events are published (and how
+//!   many records lie before it, so the backlog is a subtraction). Marking a claim published
+//!   replaces it atomically and durably (temporary file, `fsync`, rename, `fsync` of the
+//!   directory) before it returns. Without a checkpoint, nothing is published yet: the first claim
+//!   starts at the journal's first record, so a journal that predates the outbox has its whole
+//!   history published once. A checkpoint that is corrupt, or that points past the journal's
+//!   durable end or at a record that is not the one it remembers, is an error naming the file and
+//!   what to do; the relay never silently starts over.
+//! - **Durable records only.** A handle reads the journal with its own read-only file, and never
+//!   beyond what the writer thread has `fdatasync`ed: an event for a payment that a crash could
+//!   still take back would announce a payment that, after the restart, may be recorded with
+//!   another amount, or not at all.
+//! - **One relay per journal.** The journal has one writer process (the lock), and its relay runs
+//!   inside that process (`consume --publish-to`); within it, one handle lives at a time, and
+//!   asking for a second one while it lives is an error. Dropping or closing the handle gives its
+//!   unmarked claim back and frees the place.
+//! - **Recorded at.** A version-2 record carries the time its save was accepted, to the
+//!   millisecond. A version-1 record carries none; its event says the journal's modification time
+//!   when the store was opened, which for the records already there is no earlier than the real
+//!   time (they were recorded no later than that), and for records that the same process appends to
+//!   a version-1 journal afterwards is earlier than the real one.
 
+mod checkpoint;
 mod format;
 mod index;
 mod io;
 mod journal;
+mod outbox;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use async_trait::async_trait;
-use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
-use payments_ports::{PaymentsRepository, RepositoryError};
+use payments_ports::domain::{Payment, PaymentId, RecordedAt, SaveOutcome, decide};
+use payments_ports::{Outbox, PaymentsRepository, RepositoryError};
 use tokio::sync::watch;
 
+use crate::format::Version;
 use crate::index::Index;
 use crate::io::JournalIo;
+use crate::outbox::FileOutbox;
 
 /// Why a journal could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +93,11 @@ pub enum OpenError {
         detail: String,
     },
     /// A journal of a format version this build does not read.
-    #[error("journal {} has format version {version}; this build reads version {} only", path.display(), format::VERSION)]
+    #[error(
+        "journal {} has format version {version}; this build reads versions 1 to {}",
+        path.display(),
+        format::Version::LATEST.number()
+    )]
     UnknownVersion {
         /// The journal.
         path: PathBuf,
@@ -132,9 +172,19 @@ impl std::fmt::Debug for FilePaymentsRepository {
     }
 }
 
-/// What saves and the writer share.
+/// What saves, the writer and the outbox handle share.
 struct Shared {
     path: PathBuf,
+    /// The journal's format version, which every record appended keeps.
+    version: Version,
+    /// The time a version-1 record's event says it was recorded: the journal's modification time
+    /// at open (see the crate's documentation).
+    legacy_recorded_at: RecordedAt,
+    /// Whether an outbox handle lives: one relay at a time.
+    relay: AtomicBool,
+    /// The furthest journal offset an outbox handle of this store has written as its checkpoint
+    /// (0 before the first), locked while one writes it.
+    marked: Mutex<u64>,
     state: Mutex<State>,
     /// Wakes the writer when a record is queued, or on close.
     queued: Condvar,
@@ -153,6 +203,9 @@ struct State {
     index: Index,
     /// Entries `0..durable` of the index are synced to disk; the rest are queued or being written.
     durable: usize,
+    /// The journal's length up to the end of entry `durable - 1` (the header's end when none is):
+    /// the outbox reads no further.
+    durable_len: u64,
     /// Encoded records of the entries queued since the writer last took a batch.
     queue: Vec<u8>,
     /// Why the journal is poisoned, once a write or sync failed.
@@ -182,15 +235,21 @@ impl FilePaymentsRepository {
     }
 
     fn open_with(path: &Path, io: impl FnOnce(File) -> Box<dyn JournalIo>) -> Result<Self, OpenError> {
-        let journal::Opened { file, lock, index, dropped_bytes, len } = journal::open(path)?;
+        let journal::Opened { file, lock, index, dropped_bytes, len, version, modified } =
+            journal::open(path)?;
         let recovery = Recovery { payments: index.len() as u64, dropped_bytes };
         let durable = index.len();
         let (commits, _) = watch::channel(Commit { durable, poisoned: false });
         let shared = Arc::new(Shared {
             path: path.to_owned(),
+            version,
+            legacy_recorded_at: modified,
+            relay: AtomicBool::new(false),
+            marked: Mutex::new(0),
             state: Mutex::new(State {
                 index,
                 durable,
+                durable_len: len,
                 queue: Vec::new(),
                 poisoned: None,
                 closing: false,
@@ -226,6 +285,12 @@ impl FilePaymentsRepository {
         self.recovery
     }
 
+    /// The journal's format version: 2 for a journal created by this build, 1 for one created
+    /// before the outbox (whose events carry no time of their own; see the crate's documentation).
+    pub fn format_version(&self) -> u16 {
+        self.shared.version.number()
+    }
+
     /// How much memory the index uses now.
     pub fn memory(&self) -> MemoryUsage {
         let state = self.shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -237,18 +302,29 @@ impl FilePaymentsRepository {
         }
     }
 
-    /// The state, unless the journal is poisoned (or a panic left the lock poisoned, which is
-    /// treated the same way: the state may be half-updated, so nothing more is trusted).
+    /// The state, unless the journal is poisoned or closed.
     fn state(&self) -> Result<MutexGuard<'_, State>, RepositoryError> {
-        let state = self.shared.state.lock().map_err(|_| {
+        self.shared.state()
+    }
+
+    fn poisoned(&self, reason: &str) -> RepositoryError {
+        self.shared.poisoned(reason)
+    }
+}
+
+impl Shared {
+    /// The state, unless the journal is poisoned (or a panic left the lock poisoned, which is
+    /// treated the same way: the state may be half-updated, so nothing more is trusted) or closed.
+    fn state(&self) -> Result<MutexGuard<'_, State>, RepositoryError> {
+        let state = self.state.lock().map_err(|_| {
             RepositoryError::failed(format!(
                 "journal {}: a panic interrupted an update; reopen the journal",
-                self.shared.path.display()
+                self.path.display()
             ))
         })?;
         match &state.poisoned {
             None if state.closing => {
-                Err(RepositoryError::failed(format!("journal {} is closed", self.shared.path.display())))
+                Err(RepositoryError::failed(format!("journal {} is closed", self.path.display())))
             }
             None => Ok(state),
             Some(reason) => Err(self.poisoned(reason)),
@@ -259,8 +335,23 @@ impl FilePaymentsRepository {
         RepositoryError::failed(format!(
             "journal {} is poisoned: {reason}; nothing after it was reported new. Reopen the journal to \
              continue from what is on disk",
-            self.shared.path.display()
+            self.path.display()
         ))
+    }
+
+    /// How many records are durable, and the byte offset where they end.
+    fn durable_end(&self) -> Result<(u64, u64), RepositoryError> {
+        let state = self.state()?;
+        Ok((state.durable as u64, state.durable_len))
+    }
+
+    /// When a payment saved now is recorded, for the journal's record.
+    fn recorded_now(&self) -> RecordedAt {
+        match self.version {
+            // A version-1 record has no room for it: spare the clock.
+            Version::V1 => self.legacy_recorded_at,
+            Version::V2 => RecordedAt::from_system_time(SystemTime::now()),
+        }
     }
 }
 
@@ -306,7 +397,9 @@ impl PaymentsRepository for FilePaymentsRepository {
                     (outcome, position)
                 }
                 Ok(position) => {
-                    format::encode(payment, &mut state.queue);
+                    // The event is this record: recorded in the same write, synced by the same sync.
+                    let recorded_at = self.shared.recorded_now();
+                    format::encode(self.shared.version, payment, recorded_at, &mut state.queue);
                     let pending = self.shared.pending.fetch_add(1, Ordering::AcqRel) + 1;
                     // Wake a sleeping writer for the first record (to start its clock) and for the
                     // one that completes the batch it waits for.
@@ -339,6 +432,11 @@ impl PaymentsRepository for FilePaymentsRepository {
 
     async fn count(&self) -> Result<u64, RepositoryError> {
         Ok(self.state()?.durable as u64)
+    }
+
+    /// The journal's outbox, which is always on: see the crate's documentation.
+    async fn outbox(&self) -> Result<Option<Box<dyn Outbox>>, RepositoryError> {
+        Ok(Some(Box::new(FileOutbox::open(&self.shared).await?)))
     }
 
     async fn close(&self) -> Result<(), RepositoryError> {
@@ -474,6 +572,7 @@ fn write_batches(shared: &Shared, mut io: Box<dyn JournalIo>, mut durable_len: u
         match failure {
             None => {
                 state.durable = upto;
+                state.durable_len = durable_len;
                 shared.commits.send_replace(Commit { durable: upto, poisoned: false });
             }
             Some(reason) => {
@@ -503,18 +602,21 @@ pub mod fuzzing {
     pub fn read_journal(bytes: &[u8]) -> Result<(usize, u64), String> {
         let path = std::path::Path::new("fuzzed.journal");
         let header_len = bytes.len().min(crate::format::HEADER_LEN);
-        crate::format::check_header(&bytes[..header_len]).map_err(|bad| format!("{bad:?}"))?;
+        let version = crate::format::check_header(&bytes[..header_len]).map_err(|bad| format!("{bad:?}"))?;
         let mut records = &bytes[crate::format::HEADER_LEN..];
-        let (index, end) =
-            crate::journal::scan(&mut records, bytes.len() as u64, path).map_err(|err| err.to_string())?;
+        let (index, end) = crate::journal::scan(&mut records, version, bytes.len() as u64, path)
+            .map_err(|err| err.to_string())?;
         Ok((index.len(), end))
     }
 
-    /// Parses one record at the start of `bytes`; `Some(len)` for a valid payment record.
+    /// Parses one record at the start of `bytes`, of either version's kind; `Some(len)` for a
+    /// valid payment record. (A record's checksum covers its kind, so a record valid in a journal
+    /// of one version parses to the same length here.)
     pub fn parse_record(bytes: &[u8]) -> Option<usize> {
-        match crate::format::parse(bytes) {
-            crate::format::Parsed::Payment(_, len) => Some(len),
+        use crate::format::{Parsed, Version, parse};
+        [Version::V1, Version::V2].into_iter().find_map(|version| match parse(version, bytes) {
+            Parsed::Record(_, len) => Some(len),
             _ => None,
-        }
+        })
     }
 }

@@ -128,7 +128,7 @@ pub(crate) fn an_unknown_version_fails_clearly() -> Result<(), Failed> {
     bytes[12..16].copy_from_slice(&crc.to_le_bytes());
     std::fs::write(&path, &bytes)?;
     let err = FilePaymentsRepository::open(&path).expect_err("an unknown version");
-    assert!(err.to_string().contains("has format version 9; this build reads version 1 only"), "{err}");
+    assert!(err.to_string().contains("has format version 9; this build reads versions 1 to 2"), "{err}");
     Ok(())
 }
 

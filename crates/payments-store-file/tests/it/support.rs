@@ -29,13 +29,14 @@ pub(crate) fn payment(i: usize) -> Payment {
     Payment::parse(&id, 1 + i as u64 * 101, ["EUR", "USD", "JPY"][i % 3]).expect("valid")
 }
 
-/// Where each record of `payments` ends, as a byte offset in the journal.
+/// Where each record of `payments` ends, as a byte offset in a journal of the latest version
+/// (version 2: 27 bytes a record beyond the ID).
 pub(crate) fn record_ends(payments: &[Payment]) -> Vec<u64> {
     let mut end = HEADER_LEN;
     payments
         .iter()
         .map(|p| {
-            end += 19 + p.id.len() as u64;
+            end += 27 + p.id.len() as u64;
             end
         })
         .collect()
