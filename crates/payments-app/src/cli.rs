@@ -176,7 +176,7 @@ pub(crate) struct RelayArgs {
     #[arg(long, env = "PAYMENTS_STOP_WHEN_IDLE")]
     pub(crate) stop_when_idle: Option<f64>,
     /// How many events are claimed, published and marked at once.
-    #[arg(long, default_value_t = 512, value_parser = clap::value_parser!(u16).range(1..), env = "PAYMENTS_RELAY_BATCH")]
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u16).range(1..), env = "PAYMENTS_RELAY_BATCH")]
     pub(crate) batch: u16,
     /// How long, in seconds, the broker or the store may stay unavailable before the relay stops.
     #[arg(long, default_value_t = 60.0, env = "PAYMENTS_RETRY_LIMIT_SECS")]
