@@ -1,4 +1,5 @@
-//! The cases, each named after the sentence of the [`PaymentsRepository`] contract it checks.
+//! The cases, each named after the sentence of the [`PaymentsRepository`] contract it checks (and,
+//! for stores with an outbox, of the `Outbox` contract: see `outbox_cases`).
 //!
 //! A case panics (through `assert!`) when the adapter breaks its sentence; the message quotes what
 //! the contract says and what the adapter did.
@@ -13,8 +14,25 @@ use payments_ports::domain::{Amount, Payment, PaymentId, SaveOutcome};
 use payments_ports::{PaymentsRepository, check_page, error_chain};
 use tokio::sync::Barrier;
 
-use crate::kill::every_payment_reported_new_survives_a_sigkill;
+use crate::kill::{
+    every_payment_reported_new_survives_a_sigkill,
+    no_sigkill_leaves_a_payment_without_its_event_or_an_event_without_its_payment,
+};
 use crate::model::random_operation_sequences_match_a_btreemap_model;
+use crate::outbox_cases::{
+    a_duplicate_or_a_conflict_adds_nothing_to_the_outbox, a_new_claim_gives_back_the_previous_unmarked_one,
+    a_new_payment_and_its_event_are_recorded_in_the_same_atomic_step,
+    a_relay_dropped_mid_claim_leaves_its_events_to_the_other_relay, claims_hand_out_events_oldest_first,
+    every_new_payment_appears_in_the_outbox_exactly_once, marking_with_no_claim_held_marks_nothing,
+    nothing_committed_is_skipped_under_concurrent_saves,
+    relays_on_two_instances_never_hold_the_same_event_at_once,
+    relays_on_two_instances_publish_every_event_exactly_once_between_them,
+    the_backlog_counts_pending_events_and_gives_the_oldest_time,
+    what_is_marked_published_is_not_handed_out_by_a_second_handle,
+    what_is_marked_published_stays_published_after_a_reopen,
+    what_is_not_yet_marked_is_handed_out_again_after_a_reopen,
+    what_is_not_yet_marked_is_handed_out_again_once_its_holder_is_closed_or_dropped,
+};
 use crate::{Capability, Fixture};
 
 type CaseFuture<'a> = Pin<Box<dyn Future<Output = ()> + Send + 'a>>;
@@ -82,23 +100,39 @@ cases! {
     instances_sharing_a_store_record_each_payment_exactly_once needs Shared,
     a_payment_saved_through_one_instance_is_a_duplicate_through_another needs Shared,
     a_conflict_is_detected_across_instances needs Shared,
+    every_new_payment_appears_in_the_outbox_exactly_once needs Outbox,
+    a_duplicate_or_a_conflict_adds_nothing_to_the_outbox needs Outbox,
+    a_new_payment_and_its_event_are_recorded_in_the_same_atomic_step needs Outbox,
+    claims_hand_out_events_oldest_first needs Outbox,
+    a_new_claim_gives_back_the_previous_unmarked_one needs Outbox,
+    marking_with_no_claim_held_marks_nothing needs Outbox,
+    nothing_committed_is_skipped_under_concurrent_saves needs Outbox,
+    what_is_marked_published_is_not_handed_out_by_a_second_handle needs Outbox,
+    what_is_not_yet_marked_is_handed_out_again_once_its_holder_is_closed_or_dropped needs Outbox,
+    the_backlog_counts_pending_events_and_gives_the_oldest_time needs Outbox,
+    what_is_marked_published_stays_published_after_a_reopen needs DurableOutbox,
+    what_is_not_yet_marked_is_handed_out_again_after_a_reopen needs DurableOutbox,
+    relays_on_two_instances_never_hold_the_same_event_at_once needs SharedOutbox,
+    relays_on_two_instances_publish_every_event_exactly_once_between_them needs SharedOutbox,
+    a_relay_dropped_mid_claim_leaves_its_events_to_the_other_relay needs SharedOutbox,
+    no_sigkill_leaves_a_payment_without_its_event_or_an_event_without_its_payment needs KillableOutbox,
 }
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
 /// A valid payment with the given parts.
-fn payment(id: &str, amount: u64, currency: &str) -> Payment {
+pub(crate) fn payment(id: &str, amount: u64, currency: &str) -> Payment {
     Payment::parse(id, amount, currency)
         .unwrap_or_else(|err| panic!("the suite built an invalid payment: {err}"))
 }
 
 /// The `i`th payment of a numbered set, with an amount derived from `i`.
-fn numbered(i: usize) -> Payment {
+pub(crate) fn numbered(i: usize) -> Payment {
     payment(&format!("pay-{i:06}"), 100 + i as u64, if i.is_multiple_of(2) { "EUR" } else { "USD" })
 }
 
-async fn save(store: &dyn PaymentsRepository, payment: &Payment) -> SaveOutcome {
+pub(crate) async fn save(store: &dyn PaymentsRepository, payment: &Payment) -> SaveOutcome {
     store.save(payment).await.unwrap_or_else(|err| panic!("saving {payment} failed: {}", error_chain(&err)))
 }
 
@@ -106,12 +140,12 @@ async fn get(store: &dyn PaymentsRepository, id: &PaymentId) -> Option<Payment> 
     store.get(id).await.unwrap_or_else(|err| panic!("get {id} failed: {}", error_chain(&err)))
 }
 
-async fn count(store: &dyn PaymentsRepository) -> u64 {
+pub(crate) async fn count(store: &dyn PaymentsRepository) -> u64 {
     store.count().await.unwrap_or_else(|err| panic!("count failed: {}", error_chain(&err)))
 }
 
 /// Every recorded payment, through the export loop.
-async fn export(store: &dyn PaymentsRepository) -> Vec<Payment> {
+pub(crate) async fn export(store: &dyn PaymentsRepository) -> Vec<Payment> {
     export_paged(store, 1000).await
 }
 
@@ -156,7 +190,7 @@ fn assert_conflict(outcome: SaveOutcome, stored: &Payment, incoming: &Payment, s
 }
 
 /// Saves each payment from `tasks` concurrent tasks released at once; returns every outcome.
-async fn save_concurrently(
+pub(crate) async fn save_concurrently(
     store: &Arc<dyn PaymentsRepository>,
     tasks: usize,
     work: impl Fn(usize) -> Vec<Payment>,
@@ -182,7 +216,7 @@ async fn save_concurrently(
 }
 
 /// Saves `payments` with up to 64 saves in flight, asserting each is new.
-async fn save_all_new(store: &dyn PaymentsRepository, payments: &[Payment]) {
+pub(crate) async fn save_all_new(store: &dyn PaymentsRepository, payments: &[Payment]) {
     for chunk in payments.chunks(64) {
         let outcomes = join_all(chunk.iter().map(|p| save(store, p))).await;
         for (payment, outcome) in chunk.iter().zip(outcomes) {
@@ -663,7 +697,7 @@ fn number_of(payment: &Payment) -> usize {
 }
 
 /// The `i`th numbered payment in another amount.
-fn conflicting(i: usize) -> Payment {
+pub(crate) fn conflicting(i: usize) -> Payment {
     let original = numbered(i);
     payment(original.id.as_str(), original.amount.minor_units() + 1, original.currency.as_str())
 }

@@ -1,23 +1,28 @@
-//! The kill case: durability the suite can check for any store, with no code of the store's own.
+//! The kill cases: durability and atomicity the suite can check for any store, with no code of the
+//! store's own.
 //!
 //! The conformance binary runs itself again as a child process that opens a store on the case's
 //! environment (through [`Harness::open_at`]), saves payments from many tasks and prints each one
 //! the store reports new. The case SIGKILLs it at a random moment, opens the environment again,
-//! and checks that every payment reported new is there, with its amount. What this cannot see: a
-//! SIGKILL keeps the page cache, so a store that never syncs passes it too. A store's own fault
-//! tests (failed syncs, power cuts) remain its author's job.
+//! and checks that every payment reported new is there, with its amount; the outbox case checks
+//! instead that the payments recorded and the events in the outbox are the same set, so that no
+//! kill fell between a payment and its event. What this cannot see: a SIGKILL keeps the page
+//! cache, so a store that never syncs passes it too. A store's own fault tests (failed syncs, power
+//! cuts) remain its author's job.
 
 // The child reports on stdout, for its parent; errors go to stderr.
 #![allow(clippy::print_stderr)]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read as _, Write};
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use payments_ports::domain::{Payment, SaveOutcome};
-use payments_ports::error_chain;
+use payments_ports::domain::{Payment, PaymentId, SaveOutcome};
+use payments_ports::{RepositoryError, error_chain, export_all};
 
+use crate::outbox_cases::{close, drain, relay};
 use crate::runner::runtime;
 use crate::{Fixture, Harness};
 
@@ -32,6 +37,9 @@ const TASKS: usize = 16;
 const PER_TASK: usize = 20_000;
 /// Children killed per case.
 const ROUNDS: usize = 5;
+/// How long the store may take after a kill to agree with itself: a commit the child had sent
+/// before it died may still land.
+const SETTLE: Duration = Duration::from_secs(5);
 
 /// The `i`th payment of `task` in `round`.
 fn payment(round: usize, task: usize, i: usize) -> Payment {
@@ -146,6 +154,14 @@ fn kill_one(locator: &str, round: usize) -> Round {
     Round { reported, mid_work }
 }
 
+/// Runs the child of `round` on `locator` off the runtime, and kills it.
+async fn kill_round(locator: &str, round: usize) -> Round {
+    let locator = locator.to_owned();
+    tokio::task::spawn_blocking(move || kill_one(&locator, round))
+        .await
+        .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()))
+}
+
 /// The case: SIGKILLs five children mid-save; every payment any of them reported new must be
 /// there, once, with its amount.
 pub(crate) async fn every_payment_reported_new_survives_a_sigkill(f: &Fixture) {
@@ -154,10 +170,7 @@ pub(crate) async fn every_payment_reported_new_survives_a_sigkill(f: &Fixture) {
     let mut reported: Vec<String> = Vec::new();
     let mut mid_work = 0;
     for round in 0..ROUNDS {
-        let locator = locator.clone();
-        let run = tokio::task::spawn_blocking(move || kill_one(&locator, round))
-            .await
-            .unwrap_or_else(|err| std::panic::resume_unwind(err.into_panic()));
+        let run = kill_round(&locator, round).await;
         mid_work += usize::from(run.mid_work);
         reported.extend(run.reported);
         let store = f.open().await;
@@ -200,4 +213,75 @@ fn expected(id: &str) -> Payment {
             .unwrap_or_else(|| panic!("the child reported `{id}`, which it never saves"))
     };
     payment(number(round), number(task), number(i))
+}
+
+/// The outbox case: SIGKILLs five children mid-save; after each kill, the payments recorded and the
+/// events in the outbox (claimed and marked as the case goes, so that each round sees only the
+/// new ones) must be the same payments, for sentence 1 of the `Outbox` contract: no crash, at any
+/// instant, leaves the payment without its event or the event without its payment.
+pub(crate) async fn no_sigkill_leaves_a_payment_without_its_event_or_an_event_without_its_payment(
+    f: &Fixture,
+) {
+    const SENTENCE: &str = "sentence 1: every save reported new MUST put the payment's event in the outbox \
+                            in the same atomic step as the payment: no crash, at any instant, leaves the \
+                            payment without its event or the event without its payment";
+    let locator =
+        f.locator().unwrap_or_else(|| panic!("a killable harness must locate its environment")).to_owned();
+    // Turned on for good, for every process, before any child saves: the children keep no relay.
+    let store = f.open().await;
+    close(relay(store.as_ref()).await).await;
+    if let Err(err) = store.close().await {
+        panic!("closing the store after turning its outbox on failed: {}", error_chain(&err));
+    }
+    drop(store);
+    let mut events: BTreeMap<PaymentId, Payment> = BTreeMap::new();
+    let mut mid_work = 0;
+    for round in 0..ROUNDS {
+        let run = kill_round(&locator, round).await;
+        mid_work += usize::from(run.mid_work);
+        let store = f.open().await;
+        let mut outbox = relay(store.as_ref()).await;
+        let settle = Instant::now() + SETTLE;
+        loop {
+            for event in drain(outbox.as_mut(), 1000, usize::MAX).await {
+                events.insert(event.payment.id, event.payment);
+            }
+            let mut payments = BTreeMap::new();
+            export_all(store.as_ref(), 1000, |payment| {
+                payments.insert(payment.id, payment);
+                Ok::<_, RepositoryError>(())
+            })
+            .await
+            .unwrap_or_else(|err| panic!("exporting after kill {} failed: {}", round + 1, error_chain(&err)));
+            if payments == events {
+                break;
+            }
+            let alone = |these: &BTreeMap<PaymentId, Payment>, those: &BTreeMap<PaymentId, Payment>| {
+                these
+                    .iter()
+                    .filter(|(id, p)| those.get(id) != Some(p))
+                    .map(|(id, _)| id.to_string())
+                    .collect::<Vec<_>>()
+            };
+            let (no_event, no_payment) = (alone(&payments, &events), alone(&events, &payments));
+            assert!(
+                Instant::now() < settle,
+                "{SENTENCE}: after SIGKILL number {}, of {} payments recorded and {} events in the outbox, \
+                 {} payments have no event of theirs {:?}, and {} events no payment {:?}",
+                round + 1,
+                payments.len(),
+                events.len(),
+                no_event.len(),
+                &no_event[..no_event.len().min(5)],
+                no_payment.len(),
+                &no_payment[..no_payment.len().min(5)]
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        close(outbox).await;
+        if let Err(err) = store.close().await {
+            panic!("closing the store after kill {} failed: {}", round + 1, error_chain(&err));
+        }
+    }
+    assert!(mid_work * 2 >= ROUNDS, "only {mid_work} of {ROUNDS} kills landed while the child was saving");
 }

@@ -1,5 +1,6 @@
 //! The conformance suite that every [`PaymentsRepository`] adapter runs: cases named after the
-//! sentences of the port's contract, and a model-based case that runs random sequences.
+//! sentences of the port's contract (and, for a store that keeps an outbox, of the
+//! [`Outbox`](payments_ports::Outbox) contract), and a model-based case that runs random sequences.
 //!
 //! An adapter plugs in with a [`Harness`] (how to make an empty store, open it, and clean up) and a
 //! test file of a few lines:
@@ -29,6 +30,7 @@ mod cases;
 pub mod harnesses;
 mod kill;
 mod model;
+mod outbox_cases;
 mod runner;
 pub mod source;
 mod source_cases;
@@ -81,19 +83,75 @@ pub enum Capability {
     DurableOutbox,
     /// An outbox in a shared store: several relays at once.
     SharedOutbox,
+    /// An outbox in a store a child process can open and be SIGKILLed in.
+    KillableOutbox,
+}
+
+impl Capability {
+    /// The flags of [`Capabilities`] this capability takes, by their field names: what an adapter
+    /// must declare for the cases that need it to run.
+    pub const fn flags(self) -> &'static [&'static str] {
+        match self {
+            Self::Durable => &["durable"],
+            Self::Shared => &["shared"],
+            Self::Killable => &["durable", "killable"],
+            Self::Outbox => &["outbox"],
+            Self::DurableOutbox => &["durable", "outbox"],
+            Self::SharedOutbox => &["shared", "outbox"],
+            Self::KillableOutbox => &["durable", "killable", "outbox"],
+        }
+    }
 }
 
 impl Capabilities {
-    /// Whether these capabilities include `capability`.
-    pub const fn has(self, capability: Capability) -> bool {
-        match capability {
-            Capability::Durable => self.durable,
-            Capability::Shared => self.shared,
-            Capability::Killable => self.durable && self.killable,
-            Capability::Outbox => self.outbox,
-            Capability::DurableOutbox => self.outbox && self.durable,
-            Capability::SharedOutbox => self.outbox && self.shared,
+    /// Whether these capabilities include `capability`: every flag it takes is declared.
+    pub fn has(self, capability: Capability) -> bool {
+        self.lacking(capability).is_empty()
+    }
+
+    /// The flags `capability` takes that these capabilities do not declare, by their field names
+    /// (see [`Capability::flags`]); empty when the adapter has it.
+    pub fn lacking(self, capability: Capability) -> Vec<&'static str> {
+        capability.flags().iter().copied().filter(|&flag| !self.declares(flag)).collect()
+    }
+
+    /// Whether the flag named `flag` is declared.
+    fn declares(self, flag: &str) -> bool {
+        match flag {
+            "durable" => self.durable,
+            "shared" => self.shared,
+            "killable" => self.killable,
+            "outbox" => self.outbox,
+            _ => false,
         }
+    }
+
+    /// Why a case that needs `capability` is skipped for the `adapter` store with these
+    /// capabilities, naming the flags it lacks; `None` when the case runs.
+    pub(crate) fn skip_reason(self, capability: Capability, adapter: &str) -> Option<String> {
+        let lacking = self.lacking(capability);
+        if lacking.is_empty() {
+            return None;
+        }
+        Some(if capability.flags().len() == 1 {
+            format!("needs the `{capability}` capability, which the {adapter} store does not declare")
+        } else {
+            format!(
+                "needs the `{capability}` capability, that is {} declared, and the {adapter} store does not \
+                 declare {}",
+                listed(capability.flags(), "and"),
+                listed(&lacking, "or")
+            )
+        })
+    }
+}
+
+/// `flags` in backquotes, as a list in words joined by `conjunction`: "`a`, `b` and `c`".
+fn listed(flags: &[&str], conjunction: &str) -> String {
+    let quoted: Vec<String> = flags.iter().map(|flag| format!("`{flag}`")).collect();
+    match quoted.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} {conjunction} {last}", rest.join(", ")),
+        _ => quoted.concat(),
     }
 }
 
@@ -106,6 +164,7 @@ impl fmt::Display for Capability {
             Self::Outbox => "outbox",
             Self::DurableOutbox => "durable outbox",
             Self::SharedOutbox => "shared outbox",
+            Self::KillableOutbox => "killable outbox",
         })
     }
 }
@@ -227,5 +286,47 @@ impl Fixture {
         }
         drop(store);
         self.open().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_skip_names_the_capability_and_the_flags_the_adapter_does_not_declare() {
+        let memory = Capabilities { outbox: true, ..Capabilities::default() };
+        let skip = |capability| memory.skip_reason(capability, "memory");
+        assert_eq!(skip(Capability::Outbox), None);
+        assert_eq!(
+            skip(Capability::Durable).as_deref(),
+            Some("needs the `durable` capability, which the memory store does not declare")
+        );
+        assert_eq!(
+            skip(Capability::DurableOutbox).as_deref(),
+            Some(
+                "needs the `durable outbox` capability, that is `durable` and `outbox` declared, and the memory \
+                 store does not declare `durable`"
+            )
+        );
+        assert_eq!(
+            skip(Capability::KillableOutbox).as_deref(),
+            Some(
+                "needs the `killable outbox` capability, that is `durable`, `killable` and `outbox` declared, \
+                 and the memory store does not declare `durable` or `killable`"
+            )
+        );
+    }
+
+    #[test]
+    fn a_combined_capability_needs_every_flag_it_takes() {
+        let file = Capabilities { durable: true, killable: true, ..Capabilities::default() };
+        assert!(file.has(Capability::Killable));
+        assert!(!file.has(Capability::DurableOutbox));
+        assert!(!file.has(Capability::KillableOutbox));
+        let file = Capabilities { outbox: true, ..file };
+        assert!(file.has(Capability::DurableOutbox));
+        assert!(file.has(Capability::KillableOutbox));
+        assert!(!file.has(Capability::SharedOutbox));
     }
 }

@@ -48,10 +48,8 @@ pub async fn run_case<H: Harness>(harness: Arc<H>, case: &Case) -> CaseOutcome {
 /// [`run_case`], failing the case if it takes longer than `timeout`.
 pub async fn run_case_within<H: Harness>(harness: Arc<H>, case: &Case, timeout: Duration) -> CaseOutcome {
     let adapter = harness.adapter();
-    if let Some(capability) = case.needs.filter(|&c| !harness.capabilities().has(c)) {
-        return CaseOutcome::Skipped(format!(
-            "the {adapter} adapter does not declare the `{capability}` capability"
-        ));
+    if let Some(reason) = case.needs.and_then(|c| harness.capabilities().skip_reason(c, adapter)) {
+        return CaseOutcome::Skipped(reason);
     }
     let env = match harness.setup().await {
         Ok(env) => Arc::new(env),
@@ -162,7 +160,10 @@ pub fn main<H: Harness>(harness: H) -> ExitCode {
     let entries = all_cases()
         .into_iter()
         .map(|case| {
-            let lacking = case.needs.filter(|&c| !harness.capabilities().has(c)).map(|c| c.to_string());
+            let lacking = case.needs.and_then(|needs| {
+                let reason = harness.capabilities().skip_reason(needs, adapter)?;
+                Some(Lacking { capability: needs.to_string(), reason })
+            });
             let harness = Arc::clone(&harness);
             Entry {
                 name: case.name,
@@ -179,9 +180,18 @@ pub(crate) struct Entry {
     /// The case's name: the contract sentence it checks.
     pub(crate) name: &'static str,
     /// The capability it needs and the adapter lacks, if any.
-    pub(crate) lacking: Option<String>,
+    pub(crate) lacking: Option<Lacking>,
     /// Runs it.
     pub(crate) run: Box<dyn FnOnce() -> CaseOutcome + Send>,
+}
+
+/// A capability a case needs and the adapter lacks.
+pub(crate) struct Lacking {
+    /// Its name, for the trial's kind: `needs <capability>`.
+    pub(crate) capability: String,
+    /// Why the case is skipped, for the report: the capability and what the adapter does not
+    /// declare of it.
+    pub(crate) reason: String,
 }
 
 /// Turns a suite's entries into trials, runs them with libtest's command line, and reports each
@@ -198,10 +208,7 @@ pub(crate) fn run_entries(
         .into_iter()
         .map(|Entry { name: case, lacking, run }| {
             let name = format!("{adapter}::{case}");
-            if let Some(capability) = lacking {
-                let reason = format!(
-                    "needs the `{capability}` capability, which the {adapter} {kind} does not declare"
-                );
+            if let Some(Lacking { capability, reason }) = lacking {
                 report.record(case, "skipped", &reason);
                 return Trial::test(name, move || Err(Failed::from(format!("skipped: {reason}"))))
                     .with_kind(format!("needs {capability}"))

@@ -36,7 +36,7 @@ use bytes::Bytes;
 use payments_ports::DeliverySource;
 
 use crate::BoxError;
-use crate::runner::{self, CaseOutcome, Entry};
+use crate::runner::{self, CaseOutcome, Entry, Lacking};
 
 pub use crate::source_cases::{SourceCase, all_source_cases};
 
@@ -329,8 +329,10 @@ pub fn main<H: SourceHarness>(harness: H) -> ExitCode {
     let entries = all_source_cases()
         .into_iter()
         .map(|case| {
-            let lacking =
-                case.needs.iter().find(|&&c| !harness.capabilities().has(c)).map(ToString::to_string);
+            let lacking = case.needs.iter().find(|&&c| !harness.capabilities().has(c)).map(|c| Lacking {
+                capability: c.to_string(),
+                reason: format!("needs the `{c}` capability, which the {adapter} source does not declare"),
+            });
             let harness = Arc::clone(&harness);
             Entry {
                 name: case.name,

@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use payments_conformance::{
     BoxError, Capabilities, CaseOutcome, Harness, all_cases, run_case, run_case_within,
 };
-use payments_ports::domain::{Payment, PaymentId, SaveOutcome, decide};
-use payments_ports::{PaymentsRepository, RepositoryError};
+use payments_ports::domain::{Payment, PaymentId, PaymentRecorded, RecordedAt, SaveOutcome, decide};
+use payments_ports::{Outbox, OutboxBacklog, PaymentsRepository, RepositoryError};
 
 /// The bugs, one at a time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,42 +35,148 @@ enum Bug {
     BlocksInList,
     /// `ping` always fails, as one that runs a query the store rejects would.
     PingFails,
+    /// The event is recorded after the payment, under a lock of its own, with a yield between:
+    /// a crash in the window leaves the payment without its event, and a reader sees it.
+    EventAfterPayment,
+    /// The naive PostgreSQL relay: a save takes its sequence number when it starts and commits a
+    /// moment later, and a claim hands out the committed events numbered above the last one
+    /// marked. An event that commits after a higher-numbered one was marked is skipped for good.
+    ClaimBySequence,
+    /// A claim marks its events published at once, before the broker could confirm them: a relay
+    /// that dies before publishing loses them.
+    MarkOnClaim,
 }
 
-type Map = Arc<Mutex<BTreeMap<PaymentId, Payment>>>;
+/// What the store holds, standing in for a file or a database: it survives a reopen, and every
+/// instance opened on it shares it.
+#[derive(Default)]
+struct Data {
+    payments: BTreeMap<PaymentId, Payment>,
+    /// The outbox, in the order events were committed.
+    events: Vec<Entry>,
+    /// The next sequence number to take.
+    next_seq: u64,
+    /// The next relay handle's number.
+    next_handle: u64,
+    /// The highest sequence number marked (the sequence-reading relay's position).
+    last_marked_seq: Option<u64>,
+}
+
+struct Entry {
+    seq: u64,
+    event: PaymentRecorded,
+    state: EventState,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum EventState {
+    Pending,
+    /// Held by the handle with this number.
+    Claimed(u64),
+    Published,
+}
+
+impl Data {
+    /// Records `payment` and its event, with sequence number `seq`.
+    fn insert(&mut self, payment: &Payment, seq: u64) {
+        self.payments.insert(payment.id, payment.clone());
+        self.record(payment, seq);
+    }
+
+    fn record(&mut self, payment: &Payment, seq: u64) {
+        let recorded_at = RecordedAt::from_system_time(SystemTime::now());
+        let event = PaymentRecorded::new(payment.clone(), recorded_at);
+        self.events.push(Entry { seq, event, state: EventState::Pending });
+    }
+
+    fn take_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    /// Gives back what the handle `handle` holds.
+    fn release(&mut self, handle: u64) {
+        for entry in &mut self.events {
+            if entry.state == EventState::Claimed(handle) {
+                entry.state = EventState::Pending;
+            }
+        }
+    }
+}
+
+type Shared = Arc<Mutex<Data>>;
+
+fn lock(data: &Shared) -> std::sync::MutexGuard<'_, Data> {
+    data.lock().expect("no test panics while holding the lock")
+}
 
 struct BrokenRepository {
     bug: Bug,
-    payments: Map,
+    data: Shared,
 }
 
 impl BrokenRepository {
-    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<PaymentId, Payment>> {
-        self.payments.lock().expect("no test panics while holding the lock")
+    fn lock(&self) -> std::sync::MutexGuard<'_, Data> {
+        lock(&self.data)
     }
 }
 
 #[async_trait]
 impl PaymentsRepository for BrokenRepository {
     async fn save(&self, payment: &Payment) -> Result<SaveOutcome, RepositoryError> {
-        if self.bug == Bug::CheckThenInsert {
-            let seen = self.lock().get(&payment.id).cloned();
-            // The lock is released here; another save of the same ID can run its check now.
-            tokio::task::yield_now().await;
-            let outcome = decide(seen.as_ref(), payment);
-            if outcome.is_new() {
-                self.lock().insert(payment.id, payment.clone());
+        match self.bug {
+            Bug::CheckThenInsert => {
+                let seen = self.lock().payments.get(&payment.id).cloned();
+                // The lock is released here; another save of the same ID can run its check now.
+                tokio::task::yield_now().await;
+                let outcome = decide(seen.as_ref(), payment);
+                if outcome.is_new() {
+                    let mut data = self.lock();
+                    let seq = data.take_seq();
+                    data.insert(payment, seq);
+                }
+                return Ok(outcome);
             }
-            return Ok(outcome);
+            Bug::EventAfterPayment => {
+                let outcome = {
+                    let mut data = self.lock();
+                    let outcome = decide(data.payments.get(&payment.id), payment);
+                    if outcome.is_new() {
+                        data.payments.insert(payment.id, payment.clone());
+                    }
+                    outcome
+                };
+                if outcome.is_new() {
+                    // The window: the payment is recorded, its event not yet.
+                    tokio::task::yield_now().await;
+                    let mut data = self.lock();
+                    let seq = data.take_seq();
+                    data.record(payment, seq);
+                }
+                return Ok(outcome);
+            }
+            Bug::ClaimBySequence => {
+                // The transaction takes its number, works a while, and commits.
+                let seq = self.lock().take_seq();
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..3000))).await;
+                let mut data = self.lock();
+                let outcome = decide(data.payments.get(&payment.id), payment);
+                if outcome.is_new() {
+                    data.insert(payment, seq);
+                }
+                return Ok(outcome);
+            }
+            _ => {}
         }
-        let mut payments = self.lock();
-        let outcome = decide(payments.get(&payment.id), payment);
+        let mut data = self.lock();
+        let outcome = decide(data.payments.get(&payment.id), payment);
         match (&outcome, self.bug) {
             (SaveOutcome::New, _) => {
-                payments.insert(payment.id, payment.clone());
+                let seq = data.take_seq();
+                data.insert(payment, seq);
             }
             (SaveOutcome::Conflict(_), Bug::OverwriteOnConflict) => {
-                payments.insert(payment.id, payment.clone());
+                data.payments.insert(payment.id, payment.clone());
             }
             (SaveOutcome::Duplicate, Bug::DuplicateAsError) => {
                 return Err(RepositoryError::failed(format!("payment {} already exists", payment.id)));
@@ -80,19 +187,29 @@ impl PaymentsRepository for BrokenRepository {
     }
 
     async fn get(&self, id: &PaymentId) -> Result<Option<Payment>, RepositoryError> {
-        Ok(self.lock().get(id).cloned())
+        Ok(self.lock().payments.get(id).cloned())
     }
 
     async fn count(&self) -> Result<u64, RepositoryError> {
-        let len = self.lock().len();
+        let len = self.lock().payments.len();
         Ok(if self.bug == Bug::NarrowCount { u64::from(len as u16) } else { len as u64 })
+    }
+
+    async fn outbox(&self) -> Result<Option<Box<dyn Outbox>>, RepositoryError> {
+        let handle = {
+            let mut data = self.lock();
+            data.next_handle += 1;
+            data.next_handle
+        };
+        Ok(Some(Box::new(BrokenOutbox { bug: self.bug, data: Arc::clone(&self.data), handle })))
     }
 
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {
         if self.bug == Bug::BlocksInList {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }
-        let payments = self.lock();
+        let data = self.lock();
+        let payments = &data.payments;
         let from = if self.bug == Bug::PagingIncludesCursor {
             std::ops::Bound::Included
         } else {
@@ -113,31 +230,97 @@ impl PaymentsRepository for BrokenRepository {
     }
 }
 
+/// A relay's handle: any number at once, on any instance, each holding its own claim.
+struct BrokenOutbox {
+    bug: Bug,
+    data: Shared,
+    handle: u64,
+}
+
+#[async_trait]
+impl Outbox for BrokenOutbox {
+    async fn claim(&mut self, limit: usize) -> Result<Vec<PaymentRecorded>, RepositoryError> {
+        let mut data = lock(&self.data);
+        data.release(self.handle);
+        let after = data.last_marked_seq;
+        let mut batch: Vec<&mut Entry> = data
+            .events
+            .iter_mut()
+            .filter(|entry| entry.state == EventState::Pending)
+            .filter(|entry| self.bug != Bug::ClaimBySequence || after.is_none_or(|after| entry.seq > after))
+            .collect();
+        if self.bug == Bug::ClaimBySequence {
+            batch.sort_by_key(|entry| entry.seq);
+        }
+        batch.truncate(limit);
+        let state = if self.bug == Bug::MarkOnClaim {
+            EventState::Published
+        } else {
+            EventState::Claimed(self.handle)
+        };
+        Ok(batch
+            .into_iter()
+            .map(|entry| {
+                entry.state = state;
+                entry.event.clone()
+            })
+            .collect())
+    }
+
+    async fn mark_published(&mut self) -> Result<(), RepositoryError> {
+        let mut data = lock(&self.data);
+        let mut highest = data.last_marked_seq;
+        for entry in &mut data.events {
+            if entry.state == EventState::Claimed(self.handle) {
+                entry.state = EventState::Published;
+                highest = highest.max(Some(entry.seq));
+            }
+        }
+        data.last_marked_seq = highest;
+        Ok(())
+    }
+
+    async fn backlog(&mut self) -> Result<OutboxBacklog, RepositoryError> {
+        let data = lock(&self.data);
+        let pending: Vec<&Entry> = data.events.iter().filter(|e| e.state != EventState::Published).collect();
+        Ok(OutboxBacklog {
+            pending: pending.len() as u64,
+            oldest: pending.iter().map(|e| e.event.recorded_at).min().map(RecordedAt::system_time),
+        })
+    }
+}
+
+impl Drop for BrokenOutbox {
+    fn drop(&mut self) {
+        lock(&self.data).release(self.handle);
+    }
+}
+
 struct BrokenHarness(Bug);
 
 #[async_trait]
 impl Harness for BrokenHarness {
-    /// The map that survives a reopen, standing in for a file or a database.
-    type Env = Map;
+    /// What survives a reopen, standing in for a file or a database.
+    type Env = Shared;
 
     fn adapter(&self) -> &'static str {
         "broken"
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true, killable: false, outbox: false }
+        Capabilities { durable: true, shared: true, killable: false, outbox: true }
     }
 
-    async fn setup(&self) -> Result<Map, BoxError> {
-        Ok(Map::default())
+    async fn setup(&self) -> Result<Shared, BoxError> {
+        Ok(Shared::default())
     }
 
-    async fn open(&self, env: &Map) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
-        let payments = match self.0 {
-            Bug::Amnesia | Bug::NotShared => Map::default(),
+    async fn open(&self, env: &Shared) -> Result<Arc<dyn PaymentsRepository>, BoxError> {
+        let data = match self.0 {
+            Bug::Amnesia | Bug::NotShared => Shared::default(),
             _ => Arc::clone(env),
         };
-        Ok(Arc::new(BrokenRepository { bug: self.0, payments }))
+        Ok(Arc::new(BrokenRepository { bug: self.0, data }))
     }
 }
 
@@ -149,8 +332,16 @@ fn failing_cases(bug: Bug) -> Vec<&'static str> {
     let harness = Arc::new(BrokenHarness(bug));
     all_cases()
         .iter()
-        // The killable case needs a child process that reaches the map, which lives in this one.
-        .filter(|case| case.needs != Some(payments_conformance::Capability::Killable))
+        // The killable cases need a child process that reaches the data, which lives in this one.
+        .filter(|case| {
+            !matches!(
+                case.needs,
+                Some(
+                    payments_conformance::Capability::Killable
+                        | payments_conformance::Capability::KillableOutbox
+                )
+            )
+        })
         .filter_map(|case| match runtime.block_on(run_case(Arc::clone(&harness), case)) {
             CaseOutcome::Passed => None,
             CaseOutcome::Failed(_) => Some(case.name),
@@ -168,6 +359,26 @@ fn assert_caught(bug: Bug, expected: &[&str]) {
         missed.is_empty(),
         "the suite missed {bug:?}: these cases passed: {missed:?} (failed: {failed:?})"
     );
+}
+
+/// Runs the case `name` against an adapter with `bug` `RUNS` times, and against the control once:
+/// it must fail every time, naming `sentence`, and pass for the control.
+fn assert_caught_every_time(bug: Bug, name: &str, sentence: &str) {
+    const RUNS: usize = 3;
+    crate::quiet_case_panics();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(4).enable_all().build().expect("runtime");
+    let case = all_cases().into_iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no case {name}"));
+    let control = runtime.block_on(run_case(Arc::new(BrokenHarness(Bug::None)), &case));
+    assert_eq!(control, CaseOutcome::Passed, "the correct adapter must pass {name}");
+    for run in 1..=RUNS {
+        match runtime.block_on(run_case(Arc::new(BrokenHarness(bug)), &case)) {
+            CaseOutcome::Failed(text) => {
+                assert!(text.contains(sentence), "{name} failed {bug:?} for another reason: {text}");
+            }
+            other => panic!("{name} missed {bug:?} in run {run} of {RUNS}: {other:?}"),
+        }
+    }
 }
 
 #[test]
@@ -284,6 +495,33 @@ fn a_store_that_blocks_its_thread_fails_the_model_case_by_its_timeout_and_the_ru
         started.elapsed() < std::time::Duration::from_secs(30),
         "the timeout must hold: {:?}",
         started.elapsed()
+    );
+}
+
+#[test]
+fn catches_an_event_recorded_after_its_payment() {
+    assert_caught_every_time(
+        Bug::EventAfterPayment,
+        "a_new_payment_and_its_event_are_recorded_in_the_same_atomic_step",
+        "payments were recorded without their events",
+    );
+}
+
+#[test]
+fn catches_a_relay_that_reads_the_outbox_by_sequence() {
+    assert_caught_every_time(
+        Bug::ClaimBySequence,
+        "nothing_committed_is_skipped_under_concurrent_saves",
+        "were never handed out, while a relay claimed and marked",
+    );
+}
+
+#[test]
+fn catches_a_claim_that_marks_its_events_published_at_once() {
+    assert_caught_every_time(
+        Bug::MarkOnClaim,
+        "what_is_not_yet_marked_is_handed_out_again_once_its_holder_is_closed_or_dropped",
+        "sentence 7: an event claimed and not marked MUST be handed out again",
     );
 }
 
