@@ -74,15 +74,18 @@ pub(crate) fn pool(action: &str, err: PoolError) -> RepositoryError {
 /// what it means, before the driver's own words.
 pub(crate) fn connect(target: &str, err: PoolError) -> RepositoryError {
     match err {
-        PoolError::Backend(err) => {
-            let hint = crate::tls::explain(&err).map(|hint| format!(": {hint}")).unwrap_or_default();
-            let message = format!("cannot connect to PostgreSQL at {target}{hint}");
-            if is_transient(&err) {
-                RepositoryError::unavailable_because(message, err)
-            } else {
-                RepositoryError::failed_because(message, err)
-            }
-        }
+        PoolError::Backend(err) => connect_directly(target, err),
         other => pool("connect", other),
+    }
+}
+
+/// The same, for a connection made outside the pool (an outbox handle's own).
+pub(crate) fn connect_directly(target: &str, err: tokio_postgres::Error) -> RepositoryError {
+    let hint = crate::tls::explain(&err).map(|hint| format!(": {hint}")).unwrap_or_default();
+    let message = format!("cannot connect to PostgreSQL at {target}{hint}");
+    if is_transient(&err) {
+        RepositoryError::unavailable_because(message, err)
+    } else {
+        RepositoryError::failed_because(message, err)
     }
 }

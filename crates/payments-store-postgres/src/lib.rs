@@ -17,12 +17,79 @@
 //! - **TLS as libpq does it**: `sslmode` (`disable`, `prefer` by default, `require`, `verify-ca`,
 //!   `verify-full`) and `sslrootcert` in the URL, on rustls with the system's roots; see
 //!   [`SslMode`] and the `tls` module for what each mode checks.
+//! - **A transactional outbox** (below): each payment saved as new has its `PaymentRecorded`
+//!   event recorded by the same statement, once the outbox is on; relays claim events with
+//!   `FOR UPDATE SKIP LOCKED`, never with a cursor.
 //!
 //! The driver is tokio-postgres with a deadpool pool; see docs/adr/0002-postgres-driver.md.
+//!
+//! # The outbox
+//!
+//! Two tables (migration 2): `payments_outbox`, one row per event not yet published, and
+//! `outbox_switch`, one row or none.
+//!
+//! **The switch.** The outbox is off in a new schema, and saves record no events: a consumer
+//! with no relay would otherwise fill a table nobody empties. The first
+//! [`outbox()`](PaymentsRepository::outbox) call, by a consumer with `--publish-to` or by a relay,
+//! inserts the switch row, and it stays there: from then on every instance records events,
+//! including instances that were already running, because the save statement itself reads the
+//! switch. Turning it on takes `LOCK TABLE payments IN SHARE ROW EXCLUSIVE MODE` for a moment,
+//! which waits for the saves in flight and holds new ones off until the switch is committed: a
+//! save that took its snapshot before the switch but committed after it would otherwise record
+//! its payment without its event. Each attempt waits at most 250 ms, so that a long transaction
+//! on the table does not stall every save queued behind the lock; then it lets them through and
+//! tries again, within the store's call timeout. `on_since` is the instant the switch was taken:
+//! every payment recorded after it has its event.
+//!
+//! **One statement per save, with its event.** Both save statements (one row, and the `unnest`
+//! batch) are one data-modifying `WITH`:
+//!
+//! ```sql
+//! WITH inserted AS (INSERT INTO payments … ON CONFLICT (payment_id) DO NOTHING
+//!                   RETURNING payment_id, amount, currency, recorded_at),
+//!      queued AS (INSERT INTO payments_outbox (payment_id, amount, currency, recorded_at)
+//!                 SELECT … FROM inserted WHERE EXISTS (SELECT FROM outbox_switch))
+//! SELECT payment_id FROM inserted
+//! ```
+//!
+//! One statement commits as one: the payment and its event are both there or neither is, and a
+//! duplicate or a conflict, which `ON CONFLICT` keeps out of `inserted`, queues nothing. With
+//! the switch off, the second insert writes nothing: it costs the server a few microseconds a
+//! statement, which saves, one at a time or batched, did not show when this was measured.
+//!
+//! **No cursor.** A relay that publishes "everything after the last `seq` I published" skips
+//! events: a sequence value is taken when a row is inserted but becomes visible when its
+//! transaction commits, and transactions commit in any order. A save that takes `seq` 7 and
+//! commits after the save that took 8 has committed and been published makes 7 appear behind
+//! the cursor, for ever. So nothing remembers a position: each claim reads the table afresh, and
+//! an event leaves it only when it is deleted as published.
+//!
+//! **Claims are row locks held in a transaction.** Each relay's handle has a connection of its
+//! own (never one of the pool: a pooled connection must not go back with a transaction open). A
+//! claim rolls back the handle's previous unmarked claim, then `BEGIN` and
+//! `SELECT … ORDER BY seq LIMIT n FOR UPDATE SKIP LOCKED`, and keeps the transaction open;
+//! marking deletes those rows and commits. Several relays can run at once: `SKIP LOCKED` hands
+//! each one rows no other holds, and an event committed after a claim started is simply there
+//! for the next one. A relay that dies gives its claim back at once, because the server rolls
+//! the transaction back when the connection ends; one that hangs, after the claim timeout
+//! ([`PostgresConfig::with_claim_timeout`], 5 minutes by default), when the server ends its
+//! session (`idle_in_transaction_session_timeout`): an open transaction also holds back
+//! vacuum, so it must not last for ever. After a failure the handle's next call connects again.
+//! A `COMMIT` whose answer is lost may have marked the events although the call failed; they
+//! were confirmed by the broker before the relay marked them, so nothing is lost either way.
+//!
+//! **Turning it off** is an operator's decision, with every relay and every consumer with
+//! `--publish-to` stopped first (the next `outbox()` call turns it on again):
+//!
+//! ```sql
+//! DELETE FROM payments.outbox_switch;       -- saves stop recording events
+//! TRUNCATE payments.payments_outbox;        -- optional: drops the events not yet published
+//! ```
 
 mod batch;
 mod errors;
 mod migrate;
+mod outbox;
 mod tls;
 
 use std::fmt;
@@ -33,7 +100,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use payments_ports::domain::{Amount, Currency, Payment, PaymentId, SaveOutcome};
-use payments_ports::{PaymentsRepository, RepositoryError};
+use payments_ports::{Outbox, PaymentsRepository, RepositoryError};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,6 +227,8 @@ pub struct PostgresConfig {
     batches_in_flight: usize,
     /// The most saves in one statement; larger batches gain little and hold locks longer.
     max_batch: usize,
+    /// How long an outbox handle may hold a claim with no call before the server ends its session.
+    claim_timeout: Duration,
 }
 
 impl fmt::Debug for PostgresConfig {
@@ -229,6 +298,7 @@ impl PostgresConfig {
             timeout: Duration::from_secs(30),
             batches_in_flight: 4,
             max_batch: 512,
+            claim_timeout: Duration::from_secs(300),
         })
     }
 
@@ -273,6 +343,17 @@ impl PostgresConfig {
         self
     }
 
+    /// Sets how long an outbox handle may hold a claim without calling the store (while its relay
+    /// publishes, or hangs) before the server ends the handle's session, which gives the claim
+    /// back to the other relays: the session's `idle_in_transaction_session_timeout`, 5 minutes
+    /// by default. The handle's next call connects again. Zero means never, and lets a hung relay
+    /// hold its events (and an open transaction) for as long as its connection lives.
+    #[must_use]
+    pub fn with_claim_timeout(mut self, claim_timeout: Duration) -> Self {
+        self.claim_timeout = claim_timeout;
+        self
+    }
+
     /// How long connecting to the server may take: the URL's `connect_timeout`, or 5 s.
     pub fn connect_timeout(&self) -> Option<Duration> {
         self.connection.get_connect_timeout().copied()
@@ -309,15 +390,8 @@ impl Sql {
     fn new(schema: &SchemaName) -> Self {
         let table = format!("{}.payments", schema.quoted());
         Self {
-            insert_one: format!(
-                "INSERT INTO {table} (payment_id, amount, currency) VALUES ($1, $2, $3) \
-                 ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
-            ),
-            insert_many: format!(
-                "INSERT INTO {table} (payment_id, amount, currency) \
-                 SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) \
-                 ON CONFLICT (payment_id) DO NOTHING RETURNING payment_id"
-            ),
+            insert_one: save_statement(schema, "VALUES ($1, $2, $3)"),
+            insert_many: save_statement(schema, "SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[])"),
             select_one: format!("SELECT payment_id, amount, currency FROM {table} WHERE payment_id = $1"),
             select_many: format!(
                 "SELECT payment_id, amount, currency FROM {table} WHERE payment_id = ANY($1)"
@@ -333,12 +407,39 @@ impl Sql {
     }
 }
 
+/// The save statement: inserts the payments of `rows` whose IDs are absent, and, in the same
+/// statement, their events into the outbox if the switch is on; returns the IDs it inserted.
+///
+/// One statement is one atomic step: the payment and its event commit together or not at all,
+/// and a row that `ON CONFLICT` skips (a duplicate, a conflict) never reaches `inserted`, so it
+/// queues nothing. The switch is read by the statement itself, with the snapshot it inserts
+/// under, so an instance that connected before the outbox was turned on records events from the
+/// first statement that sees the switch, with no restart and nothing cached. A data-modifying
+/// `WITH` runs to completion whether or not the outer query reads it.
+fn save_statement(schema: &SchemaName, rows: &str) -> String {
+    let schema = schema.quoted();
+    format!(
+        "WITH inserted AS ( \
+             INSERT INTO {schema}.payments (payment_id, amount, currency) {rows} \
+             ON CONFLICT (payment_id) DO NOTHING \
+             RETURNING payment_id, amount, currency, recorded_at \
+         ), queued AS ( \
+             INSERT INTO {schema}.payments_outbox (payment_id, amount, currency, recorded_at) \
+             SELECT payment_id, amount, currency, recorded_at FROM inserted \
+             WHERE EXISTS (SELECT FROM {schema}.outbox_switch) \
+         ) \
+         SELECT payment_id FROM inserted"
+    )
+}
+
 /// What saves and the batcher share.
 struct Inner {
     pool: Pool,
     sql: Sql,
     schema: SchemaName,
     timeout: Duration,
+    /// What each outbox handle needs to connect a session of its own.
+    outbox: Arc<outbox::Settings>,
 }
 
 /// Payments in a PostgreSQL table, shared by every instance that connects to it.
@@ -389,6 +490,14 @@ impl PostgresPaymentsRepository {
             sql: Sql::new(&config.schema),
             schema: config.schema.clone(),
             timeout: config.timeout,
+            outbox: Arc::new(outbox::Settings::new(
+                config.connection.clone(),
+                config.tls.connector(),
+                config.describe(),
+                config.schema.clone(),
+                config.timeout,
+                config.claim_timeout,
+            )),
         });
         // Room for one full batch per slot: saves beyond that wait to be queued, as they would
         // wait for a connection.
@@ -491,6 +600,20 @@ impl PaymentsRepository for PostgresPaymentsRepository {
 
     async fn close(&self) -> Result<(), RepositoryError> {
         self.shut_down().await
+    }
+
+    /// A handle with a connection of its own (a claim is a transaction held open between calls,
+    /// which a pooled connection must never carry back to the pool), after turning the outbox on
+    /// if it is off. The handle outlives [`close`](PaymentsRepository::close): close it too.
+    async fn outbox(&self) -> Result<Option<Box<dyn Outbox>>, RepositoryError> {
+        if self.closing.is_cancelled() {
+            return Err(RepositoryError::failed(format!(
+                "the store in schema {} is closed",
+                self.inner.schema
+            )));
+        }
+        let handle = outbox::PostgresOutbox::open(Arc::clone(&self.inner.outbox)).await?;
+        Ok(Some(Box::new(handle)))
     }
 
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {

@@ -11,13 +11,14 @@ use crate::SchemaName;
 use crate::errors::query;
 
 /// The schema version this build creates and expects.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// `(version, SQL)`, oldest first; `{schema}` stands for the quoted schema name.
 /// Never edit a released migration: add the next one.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
     CREATE TABLE {schema}.payments (
         -- "C" collation: bytewise order, which is the order the port's `list` promises.
         payment_id  text COLLATE "C" PRIMARY KEY
@@ -27,7 +28,31 @@ const MIGRATIONS: &[(i32, &str)] = &[(
         recorded_at timestamptz NOT NULL DEFAULT now()
     );
     "#,
-)];
+    ),
+    (
+        2,
+        r#"
+    -- The transactional outbox: one row per PaymentRecorded event not yet published, written by
+    -- the same statement as its payment, deleted by the relay that published it. `seq` orders
+    -- claims; it is never a relay's cursor (commits make it visible out of order).
+    -- No foreign key to payments: the save statement inserts both from the same rows, and a key
+    -- would cost every save a lookup and a row lock for nothing.
+    CREATE TABLE {schema}.payments_outbox (
+        seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        payment_id  text COLLATE "C" NOT NULL,
+        amount      bigint NOT NULL,
+        currency    text   NOT NULL,
+        recorded_at timestamptz NOT NULL
+    );
+    -- One row, or none: whether saves record events. Off (empty) until a relay's handle turns
+    -- it on; an operator turns it off by deleting the row.
+    CREATE TABLE {schema}.outbox_switch (
+        singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+        on_since  timestamptz NOT NULL DEFAULT now()
+    );
+    "#,
+    ),
+];
 
 /// Brings `schema` up to [`SCHEMA_VERSION`].
 pub(crate) async fn run(

@@ -20,9 +20,10 @@ impl Harness for PostgresHarness {
         "postgres"
     }
 
-    /// Survives reconnecting and SIGKILLs, and several pools (several processes) share one schema.
+    /// Survives reconnecting and SIGKILLs, several pools (several processes) share one schema, and
+    /// it keeps an outbox that several relays share.
     fn capabilities(&self) -> Capabilities {
-        Capabilities { durable: true, shared: true, killable: true, outbox: false }
+        Capabilities { durable: true, shared: true, killable: true, outbox: true }
     }
 
     async fn available(&self) -> Result<(), String> {

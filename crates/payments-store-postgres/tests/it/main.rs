@@ -1,5 +1,5 @@
-//! The PostgreSQL adapter's own tests: migrations, how failures are reported, and TLS (`tls`,
-//! against clusters the tests start themselves). `harness = false`, so that without a server (or
+//! The PostgreSQL adapter's own tests: migrations, how failures are reported, the outbox
+//! (`outbox`), and TLS (`tls`, against clusters the tests start themselves). `harness = false`, so that without a server (or
 //! without the programs to start one) each test is reported as skipped by name (failed under CI).
 
 use std::process::ExitCode;
@@ -11,6 +11,7 @@ use payments_store_postgres::{PostgresConfig, PostgresPaymentsRepository, SCHEMA
 use payments_test_support::Gate;
 use payments_test_support::postgres::{self as pg, TestSchema};
 
+mod outbox;
 mod tls;
 
 fn main() -> ExitCode {
@@ -22,6 +23,18 @@ fn main() -> ExitCode {
         an_unreachable_server_is_unavailable,
         a_save_held_up_past_the_timeout_is_unavailable_then_recorded_once,
         closing_saves_what_is_queued_then_refuses_more,
+        outbox::a_version_1_schema_migrates_forward_with_its_payments_and_the_outbox_off,
+        outbox::saves_record_events_once_the_switch_is_on_on_every_instance_already_connected,
+        outbox::two_handles_claim_disjoint_events_and_a_new_claim_gives_the_last_back,
+        outbox::a_killed_dropped_or_closed_handle_gives_its_claim_back_at_once,
+        outbox::an_event_committed_after_a_later_one_was_published_is_still_claimed,
+        outbox::two_relays_beside_concurrent_saves_publish_every_event_exactly_once,
+        outbox::marks_survive_a_reopen_and_unmarked_claims_come_back,
+        outbox::backlog_counts_claimed_and_unclaimed_events_and_gives_the_oldest,
+        outbox::turning_the_outbox_on_waits_for_saves_in_flight_without_stalling_the_others,
+        outbox::a_claim_held_idle_past_the_claim_timeout_is_given_back,
+        outbox::a_claim_lost_with_its_connection_is_reported_by_the_next_mark_once,
+        outbox::a_broken_outbox_table_is_a_failure_not_an_outage,
     ];
     let mut trials = pg::trials("postgres", tests);
     trials.extend(payments_test_support::trials(
@@ -83,7 +96,7 @@ fn migrations_are_idempotent_and_safe_when_instances_start_together() -> Result<
         let again = connect(&schema).await?;
         assert_eq!(again.save(&payment("p")).await?, SaveOutcome::New);
         let versions = query_i64(&schema, "SELECT count(*) FROM {schema}.schema_migrations").await?;
-        assert_eq!(versions, 1, "each migration is recorded once");
+        assert_eq!(versions, i64::from(SCHEMA_VERSION), "each migration is recorded once");
         let version =
             query_i64(&schema, "SELECT max(version)::bigint FROM {schema}.schema_migrations").await?;
         assert_eq!(version, i64::from(SCHEMA_VERSION));
