@@ -47,11 +47,16 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream;
 use payments_test_support::Gate;
 use payments_test_support::nats::TestStreams;
+use payments_test_support::redis::TestKeys;
 use payments_test_support::servers::{self, Place};
 use support::app;
 
 /// The stores whose outbox is tortured.
 const STORES: &[&str] = &["file", "postgres"];
+
+/// Where the relays publish: JetStream, which drops a republication by its message ID, and Redis
+/// Streams, which keeps every one, so that republications can be seen and their IDs checked.
+const TARGETS: &[&str] = &["nats", "redis"];
 
 /// How long JetStream remembers a message ID: longer than any run, so that every republication
 /// of an event, however late, is dropped.
@@ -62,12 +67,14 @@ const FINAL_RUN_WITHIN: Duration = Duration::from_secs(300);
 
 struct Options {
     stores: Vec<&'static str>,
+    targets: Vec<&'static str>,
     kills: usize,
     payments: usize,
 }
 
 fn options() -> Result<Options, String> {
-    let mut options = Options { stores: STORES.to_vec(), kills: 12, payments: 4000 };
+    let mut options =
+        Options { stores: STORES.to_vec(), targets: TARGETS.to_vec(), kills: 12, payments: 4000 };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
@@ -77,6 +84,13 @@ fn options() -> Result<Options, String> {
                 options.stores = STORES.iter().copied().filter(|s| name == "all" || *s == name).collect();
                 if options.stores.is_empty() {
                     return Err(format!("--store {name}: expected all or one of {}", STORES.join(", ")));
+                }
+            }
+            "--to" => {
+                let name = value("--to")?;
+                options.targets = TARGETS.iter().copied().filter(|t| name == "all" || *t == name).collect();
+                if options.targets.is_empty() {
+                    return Err(format!("--to {name}: expected all or one of {}", TARGETS.join(", ")));
                 }
             }
             "--kills" => options.kills = value("--kills")?.parse().map_err(|e| format!("--kills: {e}"))?,
@@ -101,30 +115,37 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut failed = false;
-    for store in &options.stores {
-        let outcome = match gate(&runtime, store) {
-            Gate::Run => torture(&runtime, store, &options),
-            Gate::Skip(reason) => Ok(format!("SKIPPED: {reason}")),
-            Gate::Fail(reason) => Err(reason),
-        };
-        match outcome {
-            Ok(report) => println!("outbox torture, {store} store: {report}"),
-            Err(err) => {
-                eprintln!("outbox torture, {store} store: FAILED: {err}");
-                failed = true;
+    for target in &options.targets {
+        for store in &options.stores {
+            let outcome = match gate(&runtime, store, target) {
+                Gate::Run => torture(&runtime, store, target, &options),
+                Gate::Skip(reason) => Ok(format!("SKIPPED: {reason}")),
+                Gate::Fail(reason) => Err(reason),
+            };
+            match outcome {
+                Ok(report) => println!("outbox torture, {store} store, relayed to {target}: {report}"),
+                Err(err) => {
+                    eprintln!("outbox torture, {store} store, relayed to {target}: FAILED: {err}");
+                    failed = true;
+                }
             }
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
 }
 
-/// Whether the servers a store's torture needs answer: NATS always, and the store's own.
-fn gate(runtime: &tokio::runtime::Runtime, store: &str) -> Gate {
+/// Whether the servers a torture needs answer: NATS always (the input comes through it), the
+/// target's, and the store's own.
+fn gate(runtime: &tokio::runtime::Runtime, store: &str, target: &str) -> Gate {
     runtime.block_on(async {
-        match payments_test_support::nats::gate().await {
-            Gate::Run if store == "postgres" => servers::gate("postgres").await,
-            other => other,
+        let mut gate = payments_test_support::nats::gate().await;
+        if matches!(gate, Gate::Run) && target == "redis" {
+            gate = payments_test_support::redis::gate().await;
         }
+        if matches!(gate, Gate::Run) && store == "postgres" {
+            gate = servers::gate("postgres").await;
+        }
+        gate
     })
 }
 
@@ -247,16 +268,25 @@ impl Role {
     }
 }
 
-fn torture(runtime: &tokio::runtime::Runtime, store: &str, options: &Options) -> Result<String, String> {
+fn torture(
+    runtime: &tokio::runtime::Runtime,
+    store: &str,
+    target: &str,
+    options: &Options,
+) -> Result<String, String> {
     let work = tempfile::tempdir().map_err(|e| e.to_string())?;
     let streams = TestStreams::new("outbox");
+    let out = Out::new(target, &streams);
     let place = if store == "postgres" {
         Some(runtime.block_on(Place::fresh("postgres", "outbox")).map_err(|e| e.to_string())?)
     } else {
         None
     };
-    let result = run(runtime, store, place.as_ref(), &streams, work.path(), options);
-    let removed = runtime.block_on(streams.remove()).map_err(|e| format!("removing the test's streams: {e}"));
+    let result = run(runtime, store, place.as_ref(), &streams, &out, work.path(), options);
+    let removed = runtime.block_on(async {
+        streams.remove().await.map_err(|e| format!("removing the test's streams: {e}"))?;
+        out.remove().await
+    });
     let dropped = match &place {
         Some(place) => runtime.block_on(place.remove()).map_err(|e| format!("removing {}: {e}", place.url())),
         None => Ok(()),
@@ -272,6 +302,7 @@ fn run(
     store: &str,
     place: Option<&Place>,
     streams: &TestStreams,
+    out: &Out,
     dir: &Path,
     options: &Options,
 ) -> Result<String, String> {
@@ -279,7 +310,6 @@ fn run(
     let input = input(options.payments, &mut random);
     let nats = payments_test_support::nats::url();
     let (in_stream, in_subject) = (streams.stream("in"), streams.subject("in"));
-    let (out_stream, out_subject) = (streams.stream("out"), streams.subject("out"));
     let context = runtime.block_on(payments_test_support::nats::jetstream()).map_err(|e| e.to_string())?;
     runtime
         .block_on(async {
@@ -289,15 +319,9 @@ fn run(
                     subjects: vec![in_subject.clone()],
                     ..Default::default()
                 })
-                .await?;
-            context
-                .create_stream(jetstream::stream::Config {
-                    name: out_stream.clone(),
-                    subjects: vec![out_subject.clone()],
-                    duplicate_window: DUPLICATE_WINDOW,
-                    ..Default::default()
-                })
                 .await
+                .map_err(|e| e.to_string())?;
+            out.create(&context).await
         })
         .map_err(|e| format!("creating the streams: {e}"))?;
 
@@ -306,9 +330,9 @@ fn run(
         None => format!("file:{}", dir.join("a.journal").display()),
     };
     let store_b = format!("file:{}", dir.join("b.journal").display());
-    let target = format!("{nats}?stream={out_stream}&subject={out_subject}");
+    let target = out.target();
     let from_in = format!("{nats}?stream={in_stream}&subject={in_subject}&consumer=a&ack-wait-ms=2000");
-    let from_out = format!("{nats}?stream={out_stream}&subject={out_subject}&consumer=b&ack-wait-ms=2000");
+    let from_out = out.source();
     let dead_letters = |name: &str| dir.join(name).display().to_string();
     let mut consumer_a = vec!["consume", "--store", &store_a, "--input", &from_in];
     let a_letters = dead_letters("a.dead-letters.jsonl");
@@ -349,8 +373,7 @@ fn run(
         }
         std::thread::sleep(Duration::from_millis(20 + random.below(280)));
         let victim = random.below(roles.len() as u64) as usize;
-        let (recorded_a, in_out, recorded_b) =
-            runtime.block_on(flow(&context, &out_stream, &store_a, &store_b));
+        let (recorded_a, in_out, recorded_b) = runtime.block_on(flow(out, &store_a, &store_b));
         let role = &mut roles[victim];
         role.kill();
         role.kills += 1;
@@ -377,23 +400,27 @@ fn run(
 
     let recorded_a = export(dir, &store_a)?;
     let recorded_b = export(dir, &store_b)?;
-    let events =
-        runtime.block_on(read_stream(&context, &out_stream)).map_err(|e| format!("reading OUT: {e}"))?;
-    check(&input, &recorded_a, &recorded_b, &events)?;
+    let events = runtime.block_on(out.read()).map_err(|e| format!("reading OUT: {e}"))?;
+    let republished = check(&input, &recorded_a, &recorded_b, &events, out.deduplicates())?;
 
     let kills: Vec<String> = roles
         .iter()
         .map(|role| format!("{} {} ({} mid-flow)", role.name, role.kills, role.mid_flow))
         .collect();
     Ok(format!(
-        "{} payments, {} messages in; {} kills in {:.1} s: {}; {} events in OUT, each exactly once, every one \
-         under its message ID; store B equals store A",
+        "{} payments, {} messages in; {} kills in {:.1} s: {}; {} events in OUT ({}), every one under its \
+         message ID; store B equals store A",
         input.first.len(),
         input.lines.len(),
         options.kills,
         tortured.as_secs_f64(),
         kills.join(", "),
         events.len(),
+        if out.deduplicates() {
+            "each exactly once".to_owned()
+        } else {
+            format!("{republished} of them republications")
+        },
     ))
 }
 
@@ -426,19 +453,15 @@ async fn publish_gradually(
 
 /// How far each step has got: payments in A, events in OUT, payments in B (file sizes stand in
 /// for counts of a journal, which its consumer holds locked).
-async fn flow(context: &jetstream::Context, out: &str, store_a: &str, store_b: &str) -> (u64, u64, u64) {
-    let in_out = match context.get_stream(out).await {
-        Ok(stream) => stream.get_info().await.map(|info| info.state.messages).unwrap_or(0),
-        Err(_) => 0,
-    };
-    (recorded(store_a).await, in_out, recorded(store_b).await)
+async fn flow(out: &Out, store_a: &str, store_b: &str) -> (u64, u64, u64) {
+    (recorded(store_a).await, out.len().await, recorded(store_b).await)
 }
 
 /// Roughly how many payments a store holds: a journal's records (by size, 16-byte header and
-/// about 36 bytes a record here), or a database's count.
+/// 38 bytes a record here), or a database's count.
 async fn recorded(spec: &str) -> u64 {
     if let Some(path) = spec.strip_prefix("file:") {
-        return std::fs::metadata(path).map(|m| m.len().saturating_sub(16) / 36).unwrap_or(0);
+        return std::fs::metadata(path).map(|m| m.len().saturating_sub(16) / 38).unwrap_or(0);
     }
     let Ok(spec) = spec.parse::<payments_app::adapters::StoreSpec>() else { return 0 };
     let Ok(store) = spec.open().await else { return 0 };
@@ -465,10 +488,109 @@ fn export(dir: &Path, store: &str) -> Result<BTreeMap<String, (u64, String)>, St
     Ok(payments)
 }
 
-/// One message of OUT: its `Nats-Msg-Id` and its body.
+/// One message of OUT: the message ID the broker carries beside the body (JetStream's
+/// `Nats-Msg-Id`, the Redis entry's `message_id` field), and the body.
 struct Event {
     header_id: Option<String>,
     body: serde_json::Value,
+}
+
+/// Where the relays publish, and where consumer B reads from.
+enum Out {
+    Nats { stream: String, subject: String },
+    Redis { keys: TestKeys, stream: String },
+}
+
+impl Out {
+    fn new(target: &str, streams: &TestStreams) -> Self {
+        if target == "redis" {
+            let keys = TestKeys::new("outbox");
+            let stream = keys.key("out");
+            Self::Redis { keys, stream }
+        } else {
+            Self::Nats { stream: streams.stream("out"), subject: streams.subject("out") }
+        }
+    }
+
+    /// Whether the broker drops a republication by its message ID.
+    const fn deduplicates(&self) -> bool {
+        matches!(self, Self::Nats { .. })
+    }
+
+    /// Makes it: a JetStream stream remembering message IDs longer than any run.
+    async fn create(&self, context: &jetstream::Context) -> Result<(), String> {
+        let Self::Nats { stream, subject } = self else { return Ok(()) };
+        context
+            .create_stream(jetstream::stream::Config {
+                name: stream.clone(),
+                subjects: vec![subject.clone()],
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map(drop)
+            .map_err(|e| format!("creating OUT: {e}"))
+    }
+
+    /// `relay --to` and `consume --publish-to`.
+    fn target(&self) -> String {
+        match self {
+            Self::Nats { stream, subject } => {
+                format!("{}?stream={stream}&subject={subject}", payments_test_support::nats::url())
+            }
+            Self::Redis { stream, .. } => format!("{}?stream={stream}", payments_test_support::redis::url()),
+        }
+    }
+
+    /// Consumer B's `--input`.
+    fn source(&self) -> String {
+        match self {
+            Self::Nats { stream, subject } => format!(
+                "{}?stream={stream}&subject={subject}&consumer=b&ack-wait-ms=2000",
+                payments_test_support::nats::url()
+            ),
+            Self::Redis { stream, .. } => {
+                format!("{}?stream={stream}&group=b&claim-idle-ms=2000", payments_test_support::redis::url())
+            }
+        }
+    }
+
+    /// How many messages it holds now (0 when it cannot tell).
+    async fn len(&self) -> u64 {
+        match self {
+            Self::Nats { stream, .. } => {
+                let Ok(context) = payments_test_support::nats::jetstream().await else { return 0 };
+                match context.get_stream(stream).await {
+                    Ok(stream) => stream.get_info().await.map(|info| info.state.messages).unwrap_or(0),
+                    Err(_) => 0,
+                }
+            }
+            Self::Redis { stream, .. } => {
+                let Ok(mut connection) = payments_test_support::redis::connect().await else { return 0 };
+                redis::cmd("XLEN").arg(stream).query_async(&mut connection).await.unwrap_or(0)
+            }
+        }
+    }
+
+    /// Every message it holds, in order.
+    async fn read(&self) -> Result<Vec<Event>, String> {
+        match self {
+            Self::Nats { stream, .. } => {
+                let context = payments_test_support::nats::jetstream().await.map_err(|e| e.to_string())?;
+                read_stream(&context, stream).await
+            }
+            Self::Redis { stream, .. } => read_redis(stream).await,
+        }
+    }
+
+    async fn remove(&self) -> Result<(), String> {
+        match self {
+            Self::Nats { .. } => Ok(()),
+            Self::Redis { keys, .. } => {
+                keys.remove().await.map(drop).map_err(|e| format!("removing OUT: {e}"))
+            }
+        }
+    }
 }
 
 async fn read_stream(context: &jetstream::Context, name: &str) -> Result<Vec<Event>, String> {
@@ -489,13 +611,42 @@ async fn read_stream(context: &jetstream::Context, name: &str) -> Result<Vec<Eve
     Ok(events)
 }
 
+async fn read_redis(stream: &str) -> Result<Vec<Event>, String> {
+    type Entries = Vec<(String, Vec<(String, Vec<u8>)>)>;
+    let mut connection = payments_test_support::redis::connect().await.map_err(|e| e.to_string())?;
+    let mut events = Vec::new();
+    let mut after = "-".to_owned();
+    loop {
+        let page: Entries = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(&after)
+            .arg("+")
+            .arg("COUNT")
+            .arg(10_000)
+            .query_async(&mut connection)
+            .await
+            .map_err(|e| e.to_string())?;
+        let Some((last, _)) = page.last() else { return Ok(events) };
+        after = format!("({last}");
+        for (id, fields) in page {
+            let field =
+                |name: &str| fields.iter().find(|(key, _)| key == name).map(|(_, value)| value.clone());
+            let header_id = field("message_id").map(|value| String::from_utf8_lossy(&value).into_owned());
+            let payload = field("payload").ok_or_else(|| format!("entry {id} has no payload"))?;
+            let body = serde_json::from_slice(&payload).map_err(|e| format!("entry {id}: {e}"))?;
+            events.push(Event { header_id, body });
+        }
+    }
+}
+
 /// The guarantees, each with what broke it.
 fn check(
     input: &Input,
     recorded_a: &BTreeMap<String, (u64, String)>,
     recorded_b: &BTreeMap<String, (u64, String)>,
     events: &[Event],
-) -> Result<(), String> {
+    deduplicated: bool,
+) -> Result<usize, String> {
     let expected: BTreeMap<String, (u64, String)> =
         input.first.iter().map(|(id, amount)| (id.clone(), (*amount, "EUR".to_owned()))).collect();
     if *recorded_a != expected {
@@ -511,7 +662,7 @@ fn check(
             || event.body["message_id"].as_str() != Some(message_id.as_str())
         {
             return Err(format!(
-                "an event of {id} carries the message ID {:?} in Nats-Msg-Id and {} in its body, not {message_id}",
+                "an event of {id} carries the message ID {:?} beside its body and {} in it, not {message_id}",
                 event.header_id, event.body["message_id"]
             ));
         }
@@ -531,7 +682,7 @@ fn check(
         }
         *seen.entry(id).or_default() += 1;
     }
-    if let Some((id, times)) = seen.iter().find(|(_, times)| **times > 1) {
+    if deduplicated && let Some((id, times)) = seen.iter().find(|(_, times)| **times > 1) {
         return Err(format!(
             "the event of {id} is in OUT {times} times: JetStream should have dropped repeats"
         ));
@@ -549,5 +700,5 @@ fn check(
         let extra = recorded_b.keys().filter(|id| !recorded_a.contains_key(*id)).count();
         return Err(format!("store B is not store A: {missing} missing from B, {extra} only in B"));
     }
-    Ok(())
+    Ok(events.len() - seen.len())
 }
