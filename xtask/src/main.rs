@@ -8,7 +8,7 @@
 //! cargo xtask docs                        only the docs that quote code and the usage texts
 //! cargo xtask bench [--quick] [--json PATH] scenarios against their raw baselines, then micro-benchmarks
 //! cargo xtask crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]   SIGKILL torture, with its check
-//! cargo xtask crash --outbox [--store file|postgres|all] [--kills N] [--payments M]   the outbox pipeline under SIGKILLs
+//! cargo xtask crash --outbox [--store file|postgres|all] [--to nats|redis|all] [--kills N] [--payments M]   the outbox pipeline under SIGKILLs
 //! cargo xtask fuzz [--seconds N] [--target NAME]   every fuzz target (nightly and cargo-fuzz)
 //! cargo xtask new-adapter <backend> [--kind store|source]   a new adapter crate, ready for its suite
 //! ```
@@ -45,7 +45,7 @@ commands:
                                 run (table on stdout, rows as JSON with --json), then the criterion
                                 micro-benchmarks of the domain; --quick keeps it to about five minutes
   crash [--store NAME|all] [--source lines|redis|nats|rabbitmq|all] [--kills N] [--payments M]
-  crash --outbox [--store file|postgres|all] [--kills N] [--payments M]
+  crash --outbox [--store file|postgres|all] [--to nats|redis|all] [--kills N] [--payments M]
                                 SIGKILLs payments-app consume at random moments, restarts it, and checks
                                 the store against the input (default: every store of the app's table
                                 that outlives its process, 100 kills, 100,000 payments; cargo xtask
@@ -229,17 +229,20 @@ fn crash(rest: &[String]) -> anyhow::Result<()> {
     shell::step("crash test", &mut command)
 }
 
-/// `cargo xtask crash --outbox [--store file|postgres|all] [--kills N] [--payments M]`: the outbox
+/// `cargo xtask crash --outbox [--store file|postgres|all] [--to nats|redis|all] [--kills N] [--payments M]`: the outbox
 /// pipeline (consumer, relays and a downstream consumer) under SIGKILLs, sized for the documented
 /// figures unless told otherwise, on a release build.
 fn crash_outbox(rest: &[String]) -> anyhow::Result<()> {
-    let mut args: Vec<String> =
-        ["--store", "all", "--kills", "100", "--payments", "50000"].iter().map(|a| (*a).to_owned()).collect();
+    let mut args: Vec<String> = ["--store", "all", "--to", "all", "--kills", "100", "--payments", "50000"]
+        .iter()
+        .map(|a| (*a).to_owned())
+        .collect();
     let mut given = rest.iter().filter(|flag| *flag != "--outbox");
     while let Some(flag) = given.next() {
-        let Some(slot) = ["--store", "--kills", "--payments"].iter().position(|known| known == flag) else {
+        let Some(slot) = ["--store", "--to", "--kills", "--payments"].iter().position(|known| known == flag)
+        else {
             bail!(
-                "unknown crash --outbox option `{flag}`; usage: cargo xtask crash --outbox [--store file|postgres|all] [--kills N] [--payments M]"
+                "unknown crash --outbox option `{flag}`; usage: cargo xtask crash --outbox [--store file|postgres|all] [--to nats|redis|all] [--kills N] [--payments M]"
             );
         };
         let Some(value) = given.next() else { bail!("{flag} needs a value") };

@@ -5,8 +5,8 @@
 //! ```
 //!
 //! ```text
-//! cargo test -p payments-app --test outbox                the reduced run (both stores)
-//! cargo xtask crash --outbox [--store file|postgres|all] [--kills N] [--payments M]
+//! cargo test -p payments-app --test outbox                the reduced run (both stores, both targets)
+//! cargo xtask crash --outbox [--store file|postgres|all] [--to nats|redis|all] [--kills N] [--payments M]
 //! ```
 //!
 //! The test publishes the input (with duplicates, and conflicting versions of some payments) to a
