@@ -214,7 +214,7 @@ fn store_lib(ty: &str) -> String {
 
 use async_trait::async_trait;
 use payments_ports::domain::{{Payment, PaymentId, SaveOutcome}};
-use payments_ports::{{PaymentsRepository, RepositoryError}};
+use payments_ports::{{Outbox, PaymentsRepository, RepositoryError}};
 
 /// Payments in {ty}.
 #[derive(Debug)]
@@ -256,6 +256,13 @@ impl PaymentsRepository for {ty}PaymentsRepository {{
     async fn list(&self, after: Option<PaymentId>, limit: usize) -> Result<Vec<Payment>, RepositoryError> {{
         let _ = (after, limit);
         Err(not_implemented(\"list\"))
+    }}
+
+    /// The outbox (crates/payments-ports/src/outbox.rs): its events recorded by `save` in the same
+    /// atomic step as their payments. Remove this method, and `outbox: true` from the plug-in, if
+    /// the store keeps none: its outbox cases are then skipped by name.
+    async fn outbox(&self) -> Result<Option<Box<dyn Outbox>>, RepositoryError> {{
+        Err(not_implemented(\"outbox\"))
     }}
 }}
 "

@@ -32,8 +32,9 @@ const CLOCK_SLACK: Duration = Duration::from_secs(2);
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-/// A relay's handle on `store`'s outbox. A store that allows one relay at a time may refuse while
-/// it still releases the last one, so an error is retried until [`RELEASE_DEADLINE`].
+/// A relay's handle on `store`'s outbox. A store that is still releasing the last handle may
+/// answer `Unavailable` (the same call may succeed later), which is retried until
+/// [`RELEASE_DEADLINE`]; any other error fails the case at once, with its message.
 pub(crate) async fn relay(store: &dyn PaymentsRepository) -> Box<dyn Outbox> {
     let deadline = Instant::now() + RELEASE_DEADLINE;
     loop {
@@ -41,6 +42,9 @@ pub(crate) async fn relay(store: &dyn PaymentsRepository) -> Box<dyn Outbox> {
             Ok(Some(handle)) => return handle,
             Ok(None) => {
                 panic!("the store declares the `outbox` capability, but `outbox()` says it keeps none")
+            }
+            Err(err) if !err.is_unavailable() => {
+                panic!("the store refused a relay's handle on its outbox: {}", error_chain(&err))
             }
             Err(err) if Instant::now() >= deadline => panic!(
                 "no relay's handle on the outbox within {RELEASE_DEADLINE:?} (is the last one still held?): {}",
