@@ -138,7 +138,9 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     // The relay runs beside the consumer. A relay that gives up stops the consumer too: events
     // piling up unpublished are a failure for the supervisor to see, not to hide.
     let consumer_stop = shutdown.child_token();
-    let relay_control = RelayControl { shutdown: shutdown.clone(), drain: CancellationToken::new() };
+    // The relay is stopped once the consumer has finished, not at the signal: what the consumer
+    // records while it drains is then counted among the events left for the next relay.
+    let relay_control = RelayControl::default();
     let relaying = match (outbox, publisher.clone()) {
         (Some(outbox), Some(publisher)) => {
             let config = RelayConfig {
@@ -170,7 +172,15 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     progress.finish();
     // A finite input ended: publish what it recorded before exiting. Otherwise leave it.
     match run.ending {
-        Ending::Exhausted | Ending::Idle => relay_control.drain.cancel(),
+        Ending::Exhausted | Ending::Idle => {
+            relay_control.drain.cancel();
+            // A signal while the relay drains stops it too, leaving the rest for the next relay.
+            let (signal, stop) = (shutdown.clone(), relay_control.shutdown.clone());
+            tokio::spawn(async move {
+                signal.cancelled().await;
+                stop.cancel();
+            });
+        }
         Ending::ShutDown | Ending::Stopped(_) => relay_control.shutdown.cancel(),
     }
     let relayed = match relaying {
@@ -181,7 +191,7 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     // What the store and the sink accepted is finished before the process says it is done.
     let closed = (repository.close().await, dead_letters.close().await);
     if let Some(publisher) = publisher {
-        publisher.close().await.context("cannot close the publisher")?;
+        close_publisher(publisher.as_ref()).await;
     }
     operations.stop().await;
     let mut code = report(&run);
@@ -194,6 +204,22 @@ async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     closed.0.context("cannot close the store")?;
     closed.1.context("cannot close the dead-letter sink")?;
     Ok(code)
+}
+
+/// How long closing a relay's publisher may take: a broker that is down would otherwise hold the
+/// exit of a process that has nothing left to send.
+const PUBLISHER_CLOSE_WITHIN: Duration = Duration::from_secs(5);
+
+/// Closes a relay's publisher. Everything it published is confirmed already, and marked or left
+/// for the next relay, so a close that fails or hangs loses nothing: it is said, not fatal.
+async fn close_publisher(publisher: &dyn payments_ports::Publisher) {
+    match tokio::time::timeout(PUBLISHER_CLOSE_WITHIN, publisher.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(error = %error_chain(&err), "could not close the publisher"),
+        Err(_) => {
+            tracing::warn!("the publisher did not close within {PUBLISHER_CLOSE_WITHIN:?}; exiting anyway")
+        }
+    }
 }
 
 /// A relay's handle on the store's outbox, which this turns on.
@@ -254,12 +280,12 @@ async fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     operations.stop_being_ready_on(&shutdown);
     let run = relay.run(RelayControl { shutdown, drain: CancellationToken::new() }).await;
     operations.stopping();
-    let closed = (publisher.close().await, repository.close().await);
+    close_publisher(publisher.as_ref()).await;
+    let closed = repository.close().await;
     operations.stop().await;
     let code = report_relay(&run, &args.to);
     args.reporting.print(&serde_json::json!({ "published": run.published, "left": run.left }))?;
-    closed.0.context("cannot close the publisher")?;
-    closed.1.context("cannot close the store")?;
+    closed.context("cannot close the store")?;
     Ok(code)
 }
 

@@ -40,6 +40,7 @@ mod support;
 
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{BuildHasher, RandomState};
+use std::io::Write as _;
 use std::path::Path;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Arc;
@@ -117,6 +118,21 @@ fn main() -> ExitCode {
     let runtime =
         tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     let mut failed = false;
+    // Before the torture: what a signal does to a relay that cannot reach its broker.
+    if options.stores.contains(&"file") && options.targets.contains(&"nats") {
+        let outcome = match runtime.block_on(payments_test_support::nats::gate()) {
+            Gate::Run => a_signal_leaves_the_unpublished_events_to_the_next_relay_and_says_how_many(&runtime),
+            Gate::Skip(reason) => Ok(format!("SKIPPED: {reason}")),
+            Gate::Fail(reason) => Err(reason),
+        };
+        match outcome {
+            Ok(report) => println!("outbox, a signal while the broker is away: {report}"),
+            Err(err) => {
+                eprintln!("outbox, a signal while the broker is away: FAILED: {err}");
+                failed = true;
+            }
+        }
+    }
     for target in &options.targets {
         for store in &options.stores {
             let outcome = match gate(&runtime, store, target) {
@@ -134,6 +150,105 @@ fn main() -> ExitCode {
         }
     }
     if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+}
+
+/// `consume --publish-to` records payments while its broker is cut off, then gets SIGTERM: it
+/// exits 0 and says how many events it left, and `relay` publishes exactly those afterwards.
+fn a_signal_leaves_the_unpublished_events_to_the_next_relay_and_says_how_many(
+    runtime: &tokio::runtime::Runtime,
+) -> Result<String, String> {
+    const PAYMENTS: usize = 100;
+    let work = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let streams = TestStreams::new("outbox_signal");
+    let out = Out::new("nats", &streams);
+    let result = (|| {
+        let context =
+            runtime.block_on(payments_test_support::nats::jetstream()).map_err(|e| e.to_string())?;
+        runtime.block_on(out.create(&context))?;
+        let proxy = runtime
+            .block_on(payments_test_support::nats::TestProxy::start())
+            .map_err(|e| format!("starting the proxy: {e}"))?;
+        let Out::Nats { stream, subject } = &out else { return Err("not a NATS target".to_owned()) };
+        let through_proxy = format!("{}?stream={stream}&subject={subject}", proxy.url());
+        let journal = work.path().join("a.journal");
+        let store = format!("file:{}", journal.display());
+        let mut child =
+            app(work.path(), &["consume", "--store", &store, "--input", "-", "--publish-to", &through_proxy])
+                .stdin(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .map_err(|e| e.to_string())?;
+        let outcome = (|| {
+            wait_for("the consumer to connect to the broker", || proxy.connections() > 0)?;
+            proxy.cut(Duration::from_secs(120));
+            let mut stdin = child.stdin.take().ok_or("no stdin")?;
+            for n in 0..PAYMENTS {
+                writeln!(stdin, r#"{{"payment_id":"sig-{n:07}","amount":{},"currency":"EUR"}}"#, 100 + n)
+                    .map_err(|e| e.to_string())?;
+            }
+            stdin.flush().map_err(|e| e.to_string())?;
+            // Kept open: the input has not ended, so nothing asks the relay to drain. A journal
+            // of version 2 holds 16 bytes of header and 38 per record of an 11-byte ID.
+            let synced = 16 + 38 * PAYMENTS as u64;
+            wait_for("the payments to be recorded", || {
+                std::fs::metadata(&journal).is_ok_and(|m| m.len() >= synced)
+            })?;
+            let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+            if !status.is_ok_and(|s| s.success()) {
+                return Err("cannot send SIGTERM".to_owned());
+            }
+            // The input stays open until the process has ended: its end would ask the relay to
+            // drain, which is another test.
+            Ok(stdin)
+        })();
+        let output = child.wait_with_output().map_err(|e| e.to_string())?;
+        drop(outcome?);
+        let said = String::from_utf8_lossy(&output.stderr).into_owned();
+        let expected = format!(
+            "relayed 0 events to {through_proxy}; {PAYMENTS} events left in the outbox for the next relay"
+        );
+        if !output.status.success() || !said.contains(&expected) {
+            return Err(format!("expected exit 0 and `{expected}`, got {}: {said}", output.status));
+        }
+        let relayed = support::report(&support::run(app(
+            work.path(),
+            &[
+                "relay",
+                "--store",
+                &store,
+                "--to",
+                &out.target(),
+                "--stop-when-idle",
+                "0.5",
+                "--report",
+                "json",
+            ],
+        )));
+        if relayed["published"] != PAYMENTS || relayed["left"] != 0 {
+            return Err(format!("the next relay reported {relayed}, not {PAYMENTS} published and 0 left"));
+        }
+        let events = runtime.block_on(out.read())?;
+        if events.len() != PAYMENTS {
+            return Err(format!("OUT holds {} events, not {PAYMENTS}", events.len()));
+        }
+        Ok(format!("exit 0, `{expected}`; the next relay published those {PAYMENTS}, and OUT holds them"))
+    })();
+    let removed = runtime.block_on(streams.remove()).map_err(|e| format!("removing the test's streams: {e}"));
+    let report = result?;
+    removed?;
+    Ok(report)
+}
+
+/// Polls `done` until it holds, for at most a generous minute.
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        if Instant::now() > deadline {
+            return Err(format!("gave up waiting for {what}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
 }
 
 /// Whether the servers a torture needs answer: NATS always (the input comes through it), the
