@@ -388,7 +388,7 @@ fn through_broker(name: &str, lines: usize, target: &str, input_url: &str) -> Ve
 ///
 /// - `outbox.relay.STORE.BROKER`: `payments-app relay` of a store's outbox to a broker, beside
 ///   `payments-app publish` of the same events, byte for byte, to the same broker: the same
-///   publisher, batches of 512, each confirmed by the broker before the next.
+///   publisher, batches of 512 (`relay --batch 512`), each confirmed by the broker before the next.
 /// - `outbox.consume.file`: `consume` into a journal with `--publish-to` a JetStream stream beside
 ///   the same `consume` without.
 /// - `outbox.consume.postgres`: `consume` into a fresh schema with `--outbox` beside the same
@@ -454,6 +454,10 @@ fn relay_beside_publish(
                     &relay_to,
                     "--stop-when-idle",
                     &idle,
+                    // `publish`'s batch, so that the two differ by the outbox alone (the relay's
+                    // default, 4096, is faster still).
+                    "--batch",
+                    "512",
                     "--report",
                     "json",
                 ];
