@@ -257,6 +257,12 @@ fn report_relay(run: &RelayRun, target: &impl std::fmt::Display) -> ExitCode {
 async fn relay(args: RelayArgs) -> anyhow::Result<ExitCode> {
     let retry_limit = seconds("--retry-limit-secs", args.retry_limit_secs)?;
     let stop_when_idle = args.stop_when_idle.map(|secs| seconds("--stop-when-idle", secs)).transpose()?;
+    if args.store.entry().in_process {
+        anyhow::bail!(
+            "the {} store lives in the process that consumes into it: relay it from there, with consume --publish-to",
+            args.store.entry().name
+        );
+    }
     let operations = Operations::start_relay(args.metrics_addr.as_deref(), &args.store).await?;
     if let Some(address) = operations.address() {
         say(&format!("serving /metrics, /livez and /readyz on http://{address}"));
