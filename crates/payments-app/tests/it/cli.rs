@@ -87,7 +87,10 @@ fn bad_arguments_fail_with_a_message_that_names_them() {
         &["relay", "--store", "memory", "--to", "redis://127.0.0.1:1?stream=events"],
         "the memory store lives in the process that consumes into it: relay it from there, with consume --publish-to",
     );
-    check(&["relay", "--to", "file:events"], "invalid value for --to: `file:events` is not something this option takes");
+    check(
+        &["relay", "--to", "file:events"],
+        "invalid value for --to: `file:events` is not something this option takes",
+    );
     check(&["consume", "--store", "memory", "--publish-to", "ftp://x"], "--publish-to");
 }
 
