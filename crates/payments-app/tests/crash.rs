@@ -386,17 +386,25 @@ fn torture(store: &str, dir: &Path, options: &Options, progress: &Progress<'_>) 
             finished_early += 1;
         }
         // Aim the next kill so that the payments left are spread over the kills left: from how
-        // fast this run recorded, how long the next may run. Uniform delays in [0, window) average
-        // half the window.
+        // fast the runs recorded, how long the next may run. Uniform delays in [0, window) average
+        // half the window, so the kills use about half of what is left, and the last run the
+        // rest: a machine that runs faster for a moment then still leaves work to kill. (Aimed at
+        // all of it, one run that finished early took every later kill with it, since nothing
+        // was left to record.)
         let left = input.first.len().saturating_sub(recorded.len()) as f64;
         let per_kill = left / (options.kills - kills + 1) as f64;
-        // The rate over every run so far: one run's is too noisy when its delay was short.
-        grown += recorded.len() - recorded_before;
-        waited += delay;
+        if still_running {
+            // The rate over every run so far that was still recording when killed: one run's is
+            // too noisy when its delay was short, and a finished run's includes time it was idle.
+            grown += recorded.len() - recorded_before;
+            waited += delay;
+        }
         let rate = grown as f64 / waited.as_secs_f64().max(1e-3);
-        if rate > 0.0 {
-            let next = Duration::from_secs_f64((2.0 * per_kill / rate).clamp(0.001, 2.0));
-            window = next.min(window * 4);
+        if !still_running {
+            window /= 2;
+        } else if rate > 0.0 {
+            let next = Duration::from_secs_f64((per_kill / rate).clamp(0.001, 2.0));
+            window = next.min(window * 2);
         }
         if std::env::var_os("PAYMENTS_CRASH_VERBOSE").is_some() {
             eprintln!(
