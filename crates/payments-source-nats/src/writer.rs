@@ -92,10 +92,19 @@ impl Writer {
         Ok(())
     }
 
-    /// Writes what the client buffered, then closes the connection.
+    /// Writes what the client buffered, then closes the connection, within the config's timeout:
+    /// everything that mattered was acknowledged already, and a flush to a server that is down
+    /// would otherwise wait for it to come back, holding up the exit of the process.
     pub(crate) async fn close(&self) -> Result<(), WriteError> {
-        self.client.flush().await.map_err(|err| WriteError::Unavailable(err.into()))?;
-        self.client.drain().await.map_err(|err| WriteError::Unavailable(err.into()))
+        let closing = async {
+            self.client.flush().await.map_err(|err| WriteError::Unavailable(err.into()))?;
+            self.client.drain().await.map_err(|err| WriteError::Unavailable(err.into()))
+        };
+        tokio::time::timeout(self.config.timeout, closing).await.unwrap_or_else(|_| {
+            Err(WriteError::Unavailable(
+                format!("the connection did not close within {:?}", self.config.timeout).into(),
+            ))
+        })
     }
 }
 

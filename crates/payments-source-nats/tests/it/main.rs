@@ -49,6 +49,7 @@ fn main() -> ExitCode {
             sinks::the_publisher_round_trips_bytes_headers_and_ids,
             sinks::a_republication_with_the_same_id_is_deduplicated,
             sinks::a_subject_of_another_stream_is_refused,
+            sinks::closing_a_sink_cut_off_from_its_server_ends_within_the_timeout,
             tls::tls_never_falls_back_to_plain_text,
         ],
     ));

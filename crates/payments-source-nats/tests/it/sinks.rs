@@ -151,3 +151,36 @@ pub(crate) fn a_subject_of_another_stream_is_refused() -> Result<(), Failed> {
         Ok(())
     })
 }
+
+/// A sink whose server went away closes within its timeout, with an error, instead of waiting for
+/// the server to come back: a consumer shutting down must not hang on it.
+pub(crate) fn closing_a_sink_cut_off_from_its_server_ends_within_the_timeout() -> Result<(), Failed> {
+    with_streams("close-cut-off", |streams| async move {
+        let (stream, subject) = (streams.stream("dead"), streams.subject("dead"));
+        let proxy = test_nats::TestProxy::start().await?;
+        let config =
+            NatsStreamConfig::from_url(&format!("{}?stream={stream}&subject={subject}", proxy.url()))?;
+        let sink = NatsDeadLetters::connect(config).await?;
+        proxy.cut(std::time::Duration::from_secs(120));
+        // A letter handed to the client while the server is away stays in its buffer: given up
+        // on here, as a shutdown gives up on what is in flight.
+        let letter = DeadLetter {
+            kind: DeadLetterKind::Invalid,
+            reason: "not a payment".to_owned(),
+            origin: "test".to_owned(),
+            attempt: 1,
+            payload: Payload::Complete(Bytes::from_static(b"{}")),
+            conflict: None,
+        };
+        let put = tokio::time::timeout(std::time::Duration::from_secs(2), sink.put(&letter)).await;
+        assert!(!matches!(put, Ok(Ok(()))), "a letter was stored although the server is cut off");
+        let started = std::time::Instant::now();
+        let closed = tokio::time::timeout(std::time::Duration::from_secs(40), sink.close()).await;
+        let took = started.elapsed();
+        let closed = closed.map_err(|_| format!("close still waiting after {took:?}"))?;
+        let err = closed.expect_err("a close that could not reach the server says so");
+        assert!(err.is_unavailable(), "{}", error_chain(&err));
+        assert!(took < std::time::Duration::from_secs(30), "close took {took:?}, over its 10 s timeout");
+        Ok(())
+    })
+}
